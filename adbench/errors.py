@@ -1,0 +1,22 @@
+"""Errors adbench raises for bad input; each names the file or config key at fault."""
+
+
+class AdbenchError(Exception):
+    """Base class of adbench's own errors."""
+
+
+class ConfigError(AdbenchError, ValueError):
+    """A config key has an invalid or unknown value."""
+
+
+class DataError(AdbenchError):
+    """A data file or folder is missing, unreadable or inconsistent."""
+
+
+class WeightsUnavailableError(AdbenchError, RuntimeError):
+    """No pretrained weights could be found for a backbone."""
+
+
+def unknown_choice(key: str, value: object, valid: list[str]) -> ConfigError:
+    """Error for an unknown name, listing the valid ones."""
+    return ConfigError(f"unknown {key} {value!r}; valid: {', '.join(sorted(valid))}")

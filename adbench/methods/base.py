@@ -1,0 +1,103 @@
+"""The small API every method implements: ``fit(batches)``, ``predict(images)``, memory-bank size."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..backbones import Backbone
+
+
+@dataclass
+class Prediction:
+    """``image_scores`` (B,); ``maps`` (B, H, W) at input resolution, None for image-level methods."""
+
+    image_scores: np.ndarray
+    maps: np.ndarray | None = None
+
+
+class AnomalyDetector(ABC):
+    """Base class: hyper-parameters in the constructor, a frozen ``Backbone`` shared by the pipeline.
+
+    ``fit`` takes an iterable of batches (dicts with an ``image`` tensor (B, 3, H, W), as the
+    data loader yields them); ``predict`` takes normalised images and returns a Prediction.
+    """
+
+    name: ClassVar[str] = "base"
+    pixel_level: ClassVar[bool] = True
+
+    def __init__(self, backbone: Backbone, layers: list[str], device: str | torch.device = "cpu"):
+        missing = [layer for layer in layers if layer not in backbone.layers]
+        if missing:
+            raise ValueError(f"{type(self).__name__}: layers {missing} not extracted by backbone (has {backbone.layers})")
+        self.backbone, self.layers, self.device = backbone, list(layers), torch.device(device)
+        self.backbone.to(self.device)
+        self.fit_info: dict[str, Any] = {}
+
+    def layer_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's maps for ``self.layers``, finest first."""
+        maps = self.backbone(images.to(self.device, non_blocking=True))
+        return [maps[layer] for layer in self.layers]
+
+    def images(self, batches: Iterable[dict], desc: str) -> Iterator[torch.Tensor]:
+        """Iterate the batches' images with a progress bar."""
+        for batch in tqdm(batches, desc=f"{self.name}: {desc}", leave=False):
+            yield batch["image"]
+
+    @abstractmethod
+    def fit(self, batches: Iterable[dict]) -> "AnomalyDetector":
+        """Learn the model of normality from normal training images."""
+
+    @abstractmethod
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Score a batch of normalised images."""
+
+    # --- fitted state (save / load): names of attributes holding tensors or nn.Modules -------------
+    fitted_attributes: ClassVar[tuple[str, ...]] = ()
+
+    def fitted_state(self) -> dict[str, torch.Tensor]:
+        """Everything fitted, as named CPU tensors (saved with safetensors, never pickled)."""
+        state: dict[str, torch.Tensor] = {}
+        for attr in self.fitted_attributes:
+            value = getattr(self, attr)
+            if isinstance(value, torch.nn.Module):
+                state.update({f"{attr}.{k}": v.detach().cpu().contiguous() for k, v in value.state_dict().items()})
+            elif isinstance(value, torch.Tensor):
+                state[attr] = value.detach().cpu().contiguous()
+            elif value is not None:
+                raise TypeError(f"{type(self).__name__}.{attr} is neither a tensor nor a module")
+        return state
+
+    def load_fitted_state(self, state: dict[str, torch.Tensor]) -> "AnomalyDetector":
+        """Restore what ``fitted_state`` returned, then rebuild derived objects (``_after_load``)."""
+        for attr in self.fitted_attributes:
+            value = getattr(self, attr)
+            if isinstance(value, torch.nn.Module):
+                prefix = f"{attr}."
+                value.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+                value.to(self.device)
+            else:
+                if attr not in state:
+                    raise KeyError(f"saved state lacks {attr!r}")
+                setattr(self, attr, state[attr].to(self.device))
+        self._after_load()
+        return self
+
+    def _after_load(self) -> None:
+        """Rebuild indices or caches from the loaded state (override when needed)."""
+
+    @property
+    def memory_bank_shape(self) -> tuple[int, ...]:
+        """Shape of what the method keeps from training data (vectors x dims, or its tensor shape)."""
+        return ()
+
+    @property
+    @abstractmethod
+    def memory_bank_bytes(self) -> int:
+        """Bytes of everything fitted from training data that scoring needs (bank, Gaussians, weights)."""

@@ -1,0 +1,97 @@
+"""PatchCore (Roth et al., CVPR 2022): locally aware patch features, greedy coreset memory bank, 1-NN.
+
+fit:   M = greedy-coreset_ratio( {phi(p) : p patch of a normal image} )              (Alg. 1)
+score: s(p) = min_{m in M} ||phi(p) - m||;  image score s* = max_p s(p)                (Eq. 6)
+       optional re-weighting (Eq. 7): s = (1 - exp||m_t* - m*|| / sum_{m in N_b(m*)} exp||m_t* - m||) s*
+maps:  patch scores upsampled bilinearly, Gaussian sigma = 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from ..anomaly_maps import upsample_scores
+from ..coreset import coreset_indices
+from ..features import flatten_patches, patch_features
+from ..nn_search import NearestNeighbours
+from . import register
+from .base import AnomalyDetector, Prediction
+
+
+@register("patchcore")
+class PatchCore(AnomalyDetector):
+    fitted_attributes = ("bank",)
+
+    def __init__(
+        self,
+        backbone,
+        layers: list[str],
+        patch_size: int = 3,
+        embed_dim: int | None = 1024,
+        coreset_ratio: float = 0.1,
+        proj_dim: int | None = 128,
+        num_neighbors: int = 1,
+        reweight: bool = False,
+        reweight_neighbors: int = 9,
+        sigma: float = 4.0,
+        nn_backend: str = "auto",
+        seed: int = 0,
+        device: str = "cpu",
+    ):
+        super().__init__(backbone, layers, device)
+        self.patch_size, self.embed_dim, self.coreset_ratio, self.proj_dim = patch_size, embed_dim, coreset_ratio, proj_dim
+        self.num_neighbors, self.reweight, self.reweight_neighbors = num_neighbors, reweight, reweight_neighbors
+        self.sigma, self.seed = sigma, seed
+        self.nn = NearestNeighbours(nn_backend, self.device)
+        self.bank: torch.Tensor | None = None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) locally aware patch features."""
+        return patch_features(self.layer_maps(images), self.patch_size, self.embed_dim, "avgpool")
+
+    def fit(self, batches: Iterable[dict]) -> "PatchCore":
+        features = torch.cat([flatten_patches(self.embed(x)) for x in self.images(batches, "features")])
+        keep = coreset_indices(features, self.coreset_ratio, self.proj_dim, self.seed)
+        self.bank = features[keep.to(features.device)].contiguous()
+        self.nn.fit(self.bank)
+        self.fit_info = {"patches": int(features.shape[0]), "coreset": int(keep.numel())}
+        return self
+
+    def _after_load(self) -> None:
+        self.nn.fit(self.bank)
+
+    def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) distance of each patch to its nearest memory-bank entry (mean of k if k > 1)."""
+        b, _, h, w = features.shape
+        dist, _ = self.nn.search(flatten_patches(features), self.num_neighbors)
+        return dist.mean(1).reshape(b, h, w)
+
+    def _reweighted(self, features: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Eq. 7: down-weight s* when the nearest bank entry m* lies in a dense bank region."""
+        flat = flatten_patches(features).reshape(features.shape[0], -1, features.shape[1])
+        worst = scores.flatten(1).argmax(1)
+        test_star = flat[torch.arange(flat.shape[0]), worst]  # m_test,*
+        _, nearest = self.nn.search(test_star, 1)  # m*
+        _, hood = self.nn.search(self.bank[nearest[:, 0]], self.reweight_neighbors)  # N_b(m*), m* first
+        dist = torch.linalg.vector_norm(self.bank[hood] - test_star[:, None].to(self.bank.device), dim=2)
+        weight = 1 - torch.softmax(dist, dim=1)[:, 0]
+        return weight.to(scores.device) * scores.flatten(1).amax(1)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        features = self.embed(images)
+        scores = self.patch_scores(features)
+        image = self._reweighted(features, scores) if self.reweight else scores.flatten(1).amax(1)
+        maps = upsample_scores(scores, tuple(images.shape[-2:]), self.sigma)
+        return Prediction(image.cpu().numpy().astype(np.float64), maps.cpu().numpy())
+
+    @property
+    def memory_bank_shape(self) -> tuple[int, ...]:
+        return tuple(self.bank.shape) if self.bank is not None else ()
+
+    @property
+    def memory_bank_bytes(self) -> int:
+        return 0 if self.bank is None else self.bank.numel() * self.bank.element_size()
