@@ -1,0 +1,100 @@
+"""The metric suite against scikit-learn and an independent per-threshold AUPRO reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+from adbench.metrics import aupro, auroc, evaluate, f1_max
+from adbench.metrics.aupro import region_weights
+
+
+def reference_aupro(maps: np.ndarray, masks: np.ndarray, limit: float = 0.3) -> float:
+    """Straightforward definition: PRO and FPR re-counted at every distinct threshold."""
+    regions = []
+    for i, mask in enumerate(masks):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [(i, labelled == k) for k in range(1, count + 1)]
+    normal = maps[~masks]
+    fprs, pros = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        fprs.append(float((normal >= t).mean()))
+        pros.append(float(np.mean([(maps[i][region] >= t).mean() for i, region in regions])))
+    fprs, pros = np.array(fprs), np.array(pros)
+    keep = fprs <= limit
+    x, y = fprs[keep], pros[keep]
+    j = int(keep.sum())
+    if j < len(fprs):  # interpolate the point at FPR = limit
+        t = (limit - fprs[j - 1]) / (fprs[j] - fprs[j - 1])
+        x, y = np.r_[x, limit], np.r_[y, pros[j - 1] + t * (pros[j] - pros[j - 1])]
+    return float(np.trapezoid(y, x) / limit)
+
+
+def random_case(seed: int, n: int = 4, size: int = 24, levels: int | None = None):
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), bool)
+    for i in range(n - 1):
+        for _ in range(rng.integers(1, 4)):
+            y, x, h, w = rng.integers(0, size - 4, 2).tolist() + rng.integers(1, 6, 2).tolist()
+            masks[i, y : y + h, x : x + w] = True
+    maps = rng.random((n, size, size)) + 0.6 * masks * rng.random()
+    if levels:  # many ties
+        maps = np.round(maps * levels) / levels
+    return maps, masks
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("levels", [None, 7])
+def test_aupro_matches_per_threshold_reference(seed: int, levels: int | None) -> None:
+    maps, masks = random_case(seed, levels=levels)
+    assert aupro(maps, masks) == pytest.approx(reference_aupro(maps, masks), abs=1e-3)
+
+
+def test_aupro_hand_cases() -> None:
+    masks = np.zeros((1, 1, 11), bool)
+    masks[0, 0, 5] = True
+    perfect = np.arange(11, dtype=float)[None, None] * 0
+    perfect[0, 0, 5] = 1.0
+    assert aupro(perfect, masks) == pytest.approx(1.0)
+    worst = np.ones((1, 1, 11))
+    worst[0, 0, 5] = 0.0
+    assert aupro(worst, masks) == pytest.approx(0.0)
+    # one normal pixel (of 10) outranks the single defect pixel: PRO jumps to 1 at FPR 0.1,
+    # area over [0.1, 0.3] = 0.2, normalised by 0.3
+    one_above = np.zeros((1, 1, 11))
+    one_above[0, 0, 0], one_above[0, 0, 5] = 2.0, 1.0
+    assert aupro(one_above, masks) == pytest.approx(2 / 3)
+
+
+def test_regions_are_eight_connected() -> None:
+    diagonal = np.array([[[1, 0], [0, 1]]], bool)
+    _, count = region_weights(diagonal)
+    assert count == 1
+    weights, count = region_weights(np.array([[[1, 0, 1]]], bool))
+    assert count == 2 and weights.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_auroc_and_f1_match_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.random(500) < 0.3
+    scores = np.round(rng.random(500) + labels * 0.3, 1)  # ties included
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    assert f1_max(scores, labels) == pytest.approx(f1.max(), abs=1e-12)
+
+
+def test_undefined_metrics_are_none_not_nan() -> None:
+    only_good = np.zeros(5, int)
+    assert auroc(np.arange(5.0), only_good) is None
+    result = evaluate(only_good, np.arange(5.0), np.zeros((5, 4, 4), bool), np.zeros((5, 4, 4)))
+    assert result["image_auroc"] is None and result["pixel_auroc"] is None and result["aupro"] is None
+    assert evaluate(np.array([0, 1]), np.array([0.1, 0.9]))["pixel_auroc"] is None
+
+
+def test_nan_scores_raise() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        auroc(np.array([0.1, np.nan]), np.array([0, 1]))

