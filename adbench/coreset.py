@@ -10,6 +10,7 @@ d(c, c_j) < 2 m(x), so whole clusters with d(c, c_j) >= 2 R_j (R_j their radius)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -28,54 +29,70 @@ def _start(n: int, seed: int) -> int:
 
 
 def greedy_coreset_reference(points: torch.Tensor, n_select: int, seed: int = 0) -> torch.Tensor:
-    """The straightforward greedy loop: one full distance update over all points per pick."""
-    start = _start(points.shape[0], seed)
-    min_sq = ((points - points[start]) ** 2).sum(1)
+    """The straightforward greedy loop: one full distance update over all points per pick (NumPy)."""
+    x = points.detach().float().contiguous().cpu().numpy()
+    start = _start(x.shape[0], seed)
+    min_sq = ((x - x[start]) ** 2).sum(1)
     picks = [start]
     for _ in range(n_select - 1):
-        nxt = int(torch.argmax(min_sq))
+        nxt = int(np.argmax(min_sq))
         picks.append(nxt)
-        min_sq = torch.minimum(min_sq, ((points - points[nxt]) ** 2).sum(1))
+        np.minimum(min_sq, ((x - x[nxt]) ** 2).sum(1), out=min_sq)
     return torch.tensor(picks)
+
+
+def _greedy_coreset_cuda(points: torch.Tensor, n_select: int, seed: int) -> torch.Tensor:
+    """The full-update loop on the GPU (fast there; near-ties may resolve differently than on CPU)."""
+    start = _start(points.shape[0], seed)
+    min_sq = ((points - points[start]) ** 2).sum(1)
+    picks = torch.empty(n_select, dtype=torch.long, device=points.device)
+    picks[0] = start
+    for j in range(1, n_select):
+        picks[j] = torch.argmax(min_sq)
+        torch.minimum(min_sq, ((points - points[picks[j]]) ** 2).sum(1), out=min_sq)
+    return picks
 
 
 def greedy_coreset(points: torch.Tensor, n_select: int, seed: int = 0, refresh_every: int = 64) -> torch.Tensor:
     """Exact greedy k-center picks (same as the reference loop), pruned by the triangle inequality.
 
-    On CUDA the plain update is already fast, so the full update is used there.
+    The CPU loop runs in NumPy: many small single-threaded steps, which stay fast when the machine is
+    shared (small multi-threaded torch ops stall on thread barriers under oversubscription). On CUDA
+    the plain full update is already fast and is used there.
     """
     n = points.shape[0]
     n_select = max(1, min(n_select, n))
     if points.is_cuda:
-        return greedy_coreset_reference(points, n_select, seed).to(points.device)
-    points = points.float().contiguous()
+        return _greedy_coreset_cuda(points.float(), n_select, seed)
+    x = points.detach().float().contiguous().numpy()
     start = _start(n, seed)
-    min_sq = ((points - points[start]) ** 2).sum(1)  # m(x)^2: squared distance to the nearest pick
-    assign = torch.zeros(n, dtype=torch.long)  # index (into picks) of each point's nearest pick
-    centers = torch.empty(n_select, points.shape[1])
-    radius_sq = torch.zeros(n_select)  # upper bound of m(x)^2 over each pick's cluster
-    centers[0], radius_sq[0] = points[start], min_sq.max()
-    picks = torch.empty(n_select, dtype=torch.long)
+    min_sq = ((x - x[start]) ** 2).sum(1)  # m(x)^2: squared distance to the nearest pick
+    assign = np.zeros(n, dtype=np.int64)  # index (into picks) of each point's nearest pick
+    centers = np.empty((n_select, x.shape[1]), dtype=np.float32)
+    radius_sq = np.zeros(n_select, dtype=np.float32)  # upper bound of m(x)^2 over each pick's cluster
+    centers[0], radius_sq[0] = x[start], min_sq.max()
+    picks = np.empty(n_select, dtype=np.int64)
     picks[0] = start
     for j in range(1, n_select):
-        nxt = int(torch.argmax(min_sq))
+        nxt = int(np.argmax(min_sq))
         picks[j] = nxt
-        c = points[nxt]
+        c = x[nxt]
         centers[j] = c
         center_sq = ((centers[:j] - c) ** 2).sum(1)
         # d(c, c_j) < 2 R_j  <=>  d^2 < 4 R_j^2: only those clusters can hold points that move
         open_clusters = center_sq < 4 * radius_sq[:j]
-        candidates = torch.nonzero(open_clusters[assign], as_tuple=True)[0]
-        if candidates.numel():
-            d = ((points[candidates] - c) ** 2).sum(1)
+        candidates = np.flatnonzero(open_clusters[assign])
+        if candidates.size:
+            d = ((x[candidates] - c) ** 2).sum(1)
             closer = d < min_sq[candidates]
             moved = candidates[closer]
             min_sq[moved] = d[closer]
             assign[moved] = j
-            radius_sq[j] = d[closer].max() if moved.numel() else 0.0
+            radius_sq[j] = d[closer].max() if moved.size else 0.0
         if j % refresh_every == 0:  # tighten the (still valid) stale radius bounds
-            radius_sq[: j + 1] = torch.zeros(j + 1).scatter_reduce(0, assign, min_sq, "amax", include_self=True)
-    return picks
+            radius_sq[: j + 1] = 0.0
+            np.maximum.at(radius_sq, assign, min_sq)
+    return torch.from_numpy(picks)
 
 
 def coreset_indices(features: torch.Tensor, ratio: float, proj_dim: int | None = 128, seed: int = 0) -> torch.Tensor:
