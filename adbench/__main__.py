@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .errors import AdbenchError
@@ -20,6 +22,8 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
     except AdbenchError as exc:
         print(f"adbench: error: {exc}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a failed sweep job is reported by Hydra at the end; exiting here would stop the others
         sys.exit(2)
 
 

@@ -3,11 +3,27 @@
 Sources: ``mvtec`` (official MVTec AD layout), ``folder`` (any root in that layout), ``elpv``
 (solar cells from the ``elpv-dataset`` package, image labels only) and ``synthetic`` (generated
 in code, for tests).
+
+Messy folders, and what happens (``DataError`` always names the file):
+- files without an image suffix (``IMAGE_SUFFIXES``) and hidden files are ignored; an image-suffixed
+  file that is not an image, a zero-byte file, or an image above Pillow's decompression-bomb limit
+  (``PIL.Image.MAX_IMAGE_PIXELS`` x 2) fails when the split is built (headers of every image and
+  mask are opened then, before any fit); a truncated image fails when it is decoded;
+- a mask whose size differs from its image's fails when the split is built; a defect image without
+  a mask fails, unless the category has no ``ground_truth`` folder at all (then the split is
+  image-level only, with a warning); a mask without an image is ignored with a warning;
+- an empty training folder fails; a test set of good images only runs, and its AUROC-type metrics
+  are recorded as not applicable (None);
+- any image mode is read as 8-bit RGB: grayscale is replicated, palette images are expanded, alpha
+  is dropped, 16-bit images are scaled by 255/65535 (bit depth, never per-image contrast);
+- images of any size, mixed sizes and images smaller than the crop are resized to
+  ``dataset.resize`` squared before the centre crop (small ones are upsampled).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,15 +69,34 @@ def read_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64)
-                scale = 255.0 / max(float(array.max()), 1.0) if array.max() > 255 else 1.0
-                image = Image.fromarray((array * scale).clip(0, 255).astype(np.uint8))
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (mode I: read as 16-bit too)
+                array = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+                image = Image.fromarray(array.round().clip(0, 255).astype(np.uint8))
             elif image.mode in ("RGBA", "LA", "P", "PA"):
                 image = image.convert("RGBA").convert("RGB") if image.mode != "LA" else image.convert("L")
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def image_size(path: Path, kind: str = "image") -> tuple[int, int]:
+    """(width, height) from the file header, without decoding; DataError naming the file otherwise."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read {kind} {path}: {exc}") from exc
+
+
+def check_split(split: Split) -> Split:
+    """Open every image and mask header: unreadable files and masks of another size than their image fail now, not mid-run."""
+    for sample in [*split.train, *split.test]:
+        size = image_size(sample.image)
+        if sample.mask is not None:
+            mask_size = image_size(sample.mask, "mask")
+            if mask_size != size:
+                raise DataError(f"mask {sample.mask} is {mask_size[0]}x{mask_size[1]}, its image {sample.image} is {size[0]}x{size[1]}")
+    return split
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -87,24 +122,37 @@ def mvtec_layout(root: Path, category: str, name: str = "folder") -> Split:
         raise DataError(f"missing training folder {train_dir}")
     train = [Sample(path, 0) for path in _images_in(train_dir)]
     if not train:
-        raise DataError(f"no training images in {train_dir}")
+        raise DataError(f"no training images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {train_dir}")
     test_dir = base / "test"
     if not test_dir.is_dir():
         raise DataError(f"missing test folder {test_dir}")
     test: list[Sample] = []
+    has_masks = (base / "ground_truth").is_dir()
     for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
         defect = defect_dir.name
         for path in _images_in(defect_dir):
             if defect == "good":
                 test.append(Sample(path, 0))
                 continue
-            mask = _find_mask(base / "ground_truth" / defect, path.stem)
-            if mask is None:
+            mask = _find_mask(base / "ground_truth" / defect, path.stem) if has_masks else None
+            if mask is None and has_masks:
                 raise DataError(f"defect image {path} has no mask in {base / 'ground_truth' / defect} (expected {path.stem}_mask.png)")
             test.append(Sample(path, 1, mask, defect))
     if not test:
         raise DataError(f"no test images in {test_dir}")
-    return Split(name, category, train, test, has_masks=True)
+    if not has_masks and any(s.label for s in test):
+        warnings.warn(f"{base} has no ground_truth folder: image-level evaluation only", stacklevel=2)
+    _warn_orphan_masks(base / "ground_truth", {s.mask for s in test if s.mask is not None})
+    return Split(name, category, train, test, has_masks=has_masks)
+
+
+def _warn_orphan_masks(ground_truth: Path, used: set[Path]) -> None:
+    """Warn about mask files that belong to no test image (ignored)."""
+    if not ground_truth.is_dir():
+        return
+    orphans = sorted(p for d in ground_truth.iterdir() if d.is_dir() for p in _images_in(d) if p not in used)
+    if orphans:
+        warnings.warn(f"{len(orphans)} mask(s) without a test image are ignored, e.g. {', '.join(map(str, orphans[:3]))}", stacklevel=3)
 
 
 def _find_mask(folder: Path, stem: str) -> Path | None:
@@ -245,23 +293,32 @@ def make_synthetic(root: Path, category: str = "stripes", n_train: int = 16, n_t
 
 
 def load_split(name: str, root: str | None = None, category: str = "bottle", **options) -> Split:
-    """Build a split from its source ``name`` (mvtec, folder, elpv, synthetic)."""
+    """Build a split from its source ``name`` (mvtec, folder, elpv, synthetic, btad, visa, mpdd)."""
+    from .benchmark_sets import load_btad, load_mpdd, load_visa  # deferred: benchmark_sets builds on this module
+
     loaders: dict[str, Callable[..., Split]] = {
         "mvtec": lambda: load_mvtec(root, category, download=bool(options.get("download", False))),
         "folder": lambda: load_folder(root, category),
         "elpv": lambda: load_elpv(category, **{k: options[k] for k in ("anomaly_threshold", "test_every") if k in options}),
         "synthetic": lambda: make_synthetic(resolve_root(root), category, **{k: options[k] for k in ("n_train", "n_test", "size", "seed") if k in options}),
+        "btad": lambda: load_btad(root, category),
+        "visa": lambda: load_visa(root, category, **{k: options[k] for k in ("split_file",) if k in options}),
+        "mpdd": lambda: load_mpdd(root, category),
     }
     if name not in loaders:
         raise unknown_choice("dataset.name", name, list(loaders))
-    return loaders[name]()
+    return check_split(loaders[name]())
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Samples → dicts with ``image`` (3,H,W), ``mask`` (H,W), ``label`` and ``path``."""
+    """Samples → dicts with ``image`` (3,H,W), ``mask`` (H,W), ``label`` and ``path``.
 
-    def __init__(self, samples: list[Sample], transform: Transform):
-        self.samples, self.transform = samples, transform
+    ``degrade``: optional ``(image, mask, sample) -> (image, mask)`` applied after loading, before
+    the transform (test-time degradations, see :mod:`adbench.degrade`).
+    """
+
+    def __init__(self, samples: list[Sample], transform: Transform, degrade: Callable[[Image.Image, np.ndarray, Sample], tuple[Image.Image, np.ndarray]] | None = None):
+        self.samples, self.transform, self.degrade = samples, transform, degrade
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -275,6 +332,8 @@ class ImageDataset(torch.utils.data.Dataset):
                 raise DataError(f"mask {sample.mask} is {mask.shape[1]}x{mask.shape[0]}, its image {sample.image} is {image.width}x{image.height}")
         else:
             mask = np.zeros((image.height, image.width), bool)
+        if self.degrade is not None:
+            image, mask = self.degrade(image, mask, sample)
         return {
             "image": self.transform.image(image),
             "mask": self.transform.mask(mask),

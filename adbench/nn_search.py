@@ -29,7 +29,12 @@ def squared_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.
 
 
 class NearestNeighbours:
-    """k-NN search in a fixed bank. ``max_block_bytes`` bounds the distance block held in memory."""
+    """k-NN search in a fixed bank; queries are searched in chunks so scoring memory stays bounded.
+
+    ``max_block_bytes`` bounds the working block of one chunk: for torch the (queries x bank rows)
+    float32 distance block; for faiss, whose own distance tiles have a fixed size (4096 x 1024
+    floats), the float32 copy of the query chunk handed to it.
+    """
 
     def __init__(self, backend: str = "auto", device: str | torch.device = "cpu", max_block_bytes: int = 256 * 2**20):
         if backend not in BACKENDS:
@@ -64,10 +69,17 @@ class NearestNeighbours:
             raise RuntimeError("NearestNeighbours.search called before fit")
         k = min(k, self.bank.shape[0])
         if self.backend == "faiss":
-            sq, idx = self._index.search(np.ascontiguousarray(queries.detach().float().cpu().numpy()), k)
-            dist, idx = torch.from_numpy(sq).clamp_(min=0).sqrt_(), torch.from_numpy(idx)
-            return dist.to(queries.device), idx.to(queries.device)
+            return self._faiss_search(queries, k)
         return self._torch_search(queries.to(self.device).float(), k)
+
+    def _faiss_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        query_rows = max(1, self.max_block_bytes // (4 * queries.shape[1]))
+        out_d, out_i = [], []
+        for q in queries.detach().split(query_rows):
+            sq, idx = self._index.search(np.ascontiguousarray(q.float().cpu().numpy()), k)
+            out_d.append(torch.from_numpy(sq).clamp_(min=0).sqrt_())
+            out_i.append(torch.from_numpy(idx))
+        return torch.cat(out_d).to(queries.device), torch.cat(out_i).to(queries.device)
 
     def _torch_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         n_bank = self.bank.shape[0]
@@ -77,8 +89,11 @@ class NearestNeighbours:
         for q in queries.split(query_rows):
             best_d = best_i = None
             for start in range(0, n_bank, bank_rows):
-                block = squared_distances(q, self.bank[start : start + bank_rows], self._bank_sq[start : start + bank_rows])
-                d, i = block.topk(min(k, block.shape[1]), dim=1, largest=False)
+                stop = min(start + bank_rows, n_bank)
+                # freed before the next block is computed: one block (the budget) alive at a time
+                block = squared_distances(q, self.bank[start:stop], self._bank_sq[start:stop])
+                d, i = block.topk(min(k, stop - start), dim=1, largest=False)
+                del block
                 i += start
                 if best_d is not None:
                     d, order = torch.cat([best_d, d], 1).topk(k, dim=1, largest=False)

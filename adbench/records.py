@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 RECORDS_DIR = "records"
-# keys that do not change a run's result, left out of its config hash
-NON_SEMANTIC_KEYS = {"results_dir", "figures", "force", "num_workers", "tag", "hydra"}
+# keys that do not change a run's result, left out of its config hash (runner hashes threshold when saving)
+NON_SEMANTIC_KEYS = {"results_dir", "figures", "force", "num_workers", "tag", "hydra", "cache_dir", "save_model", "threshold"}
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 One section per (dataset, backbone, image size): methods x categories with I-AUROC / P-AUROC /
 AUPRO, group averages (MVTec: textures / objects / all), then cost: fit time, throughput,
-memory-bank bytes, peak memory.
+memory-bank bytes, peak memory; the papers' numbers beside the measured ones
+(:mod:`adbench.paper_numbers`), the memory-bank formulas evaluated for each run, and PNG plots of
+AUROC vs throughput and vs memory-bank bytes (:mod:`adbench.plots`) next to the markdown.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .paper_numbers import comparison_lines, memory_bank_lines
+from .plots import section_plots, used_cached_features
 from .records import atomic_write_text, load_records
+from .report_degraded import degradation_section
 
 METRIC_NAMES = [("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO")]
 
@@ -61,7 +66,7 @@ def _data_line(records: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
-def section(records: list[dict[str, Any]]) -> list[str]:
+def section(records: list[dict[str, Any]], plots_dir: Path | None = None) -> list[str]:
     first = records[0]
     devices = sorted({r.get("device_name") or r.get("device") for r in records})
     lines = [
@@ -90,7 +95,9 @@ def section(records: list[dict[str, Any]]) -> list[str]:
             else:
                 cells.append("–")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| method | category | fit s | model img/s | end-to-end img/s | memory bank | bank MiB | peak RSS GiB |", "|---|---|---|---|---|---|---|---|"]
+    gpu = any(r.get("peak_gpu_bytes") for r in records)
+    lines += ["", "| method | category | fit s | model img/s | end-to-end img/s | memory bank | bank MiB | peak RSS GiB |" + (" peak GPU GiB |" if gpu else ""),
+              "|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
     for row in rows:
         for category in categories:
             r = cell.get((row, category))
@@ -98,14 +105,24 @@ def section(records: list[dict[str, Any]]) -> list[str]:
                 continue
             bank = r["memory_bank"]
             shape = "x".join(str(s) for s in bank["shape"]) or "–"
+            fit_mark, test_mark = ("‡" if used_cached_features(r, phase) else "" for phase in ("fit", "test"))
             lines.append(
-                f"| {row} | {category} | {r['fit_seconds']:.1f} | {r['throughput']['model_images_per_s']:.1f} | "
-                f"{r['throughput']['end_to_end_images_per_s']:.1f} | {shape} | {bank['bytes'] / 2**20:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} |"
+                f"| {row} | {category} | {r['fit_seconds']:.1f}{fit_mark} | {r['throughput']['model_images_per_s']:.1f}{test_mark} | "
+                f"{r['throughput']['end_to_end_images_per_s']:.1f}{test_mark} | {shape} | {bank['bytes'] / 2**20:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} |"
+                + (f" {(r.get('peak_gpu_bytes') or 0) / 2**30:.2f} |" if gpu else "")
             )
+    if any(used_cached_features(r, p) for r in records for p in ("fit", "test")):
+        lines += ["", "‡ backbone features read from the feature cache (`cache_dir`): backbone time is not included; "
+                  "rerun with `cache_dir=null` for end-to-end figures."]
+    lines += [""] + comparison_lines(records, row_name) + memory_bank_lines(records, row_name)
+    if plots_dir is not None:
+        for path in section_plots(records, plots_dir, row_name):
+            lines += [f"![{path.stem}]({plots_dir.name}/{path.name})", ""]
     return lines + [""]
 
 
-def render(records: list[dict[str, Any]], source: str) -> str:
+def render(records: list[dict[str, Any]], source: str, plots_dir: Path | None = None) -> str:
+    """The leaderboard markdown; with ``plots_dir`` (next to the markdown file) the trade-off PNGs too."""
     records = latest(records)
     sections: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
@@ -117,7 +134,8 @@ def render(records: list[dict[str, Any]], source: str) -> str:
         "",
     ]
     for key in sorted(sections):
-        lines += section(sections[key])
+        lines += section(sections[key], plots_dir)
+    lines += degradation_section(records)
     return "\n".join(lines)
 
 
@@ -126,7 +144,7 @@ def write_report(results_dir: Path, output: Path | None = None) -> Path:
     if not records:
         raise SystemExit(f"no run records under {Path(results_dir) / 'records'}; run python -m adbench first")
     output = output or Path(results_dir) / "LEADERBOARD.md"
-    atomic_write_text(output, render(records, str(Path(results_dir) / "records")))
+    atomic_write_text(output, render(records, str(Path(results_dir) / "records"), output.parent / "plots"))
     return output
 
 

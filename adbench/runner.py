@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import os
+import platform
 import resource
 import time
 from pathlib import Path
@@ -14,10 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from .backbones import Backbone
 from .datasets import ImageDataset, Split, load_split
+from .degrade import degrader_from_config, variant_name
 from .errors import ConfigError
+from .feature_cache import CachedBackbone, stage_layers
 from .figures import pick_examples, save_examples
 from .methods import AnomalyDetector, method_class
 from .metrics import evaluate
+from .model_io import save_model
+from .predict import calibrate_threshold, check_finite_prediction, check_fitted_finite
 from .records import config_hash, find_record, git_commit, library_versions, write_record
 from .transforms import Transform
 
@@ -52,9 +58,14 @@ def build_method(method_cfg: DictConfig, backbone: Backbone, device: torch.devic
     return cls(backbone=backbone, device=device, **params)
 
 
+def feature_map_shapes(backbone: Backbone, size: int) -> list[list]:
+    """[layer, C, h, w] of each extracted layer for ``size`` x ``size`` inputs, finest first (memory-bank formulas in the report)."""
+    return [[layer, backbone.channels[layer], -(-size // backbone.strides[layer]), -(-size // backbone.strides[layer])] for layer in backbone.layers]
+
+
 def load_data(cfg: DictConfig) -> Split:
     d = cfg.dataset
-    options = {k: v for k, v in OmegaConf.to_container(d, resolve=True).items() if k not in {"name", "root", "category", "resize", "crop", "label"}}
+    options = {k: v for k, v in OmegaConf.to_container(d, resolve=True).items() if k not in {"name", "root", "category", "resize", "crop", "label", "degrade"}}
     return load_split(d.name, d.get("root"), d.category, **options)
 
 
@@ -77,6 +88,7 @@ def score_test_set(method: AnomalyDetector, batches, device: torch.device) -> di
         prediction = method.predict(batch["image"])
         _sync(device)
         model_seconds += time.perf_counter() - t0
+        check_finite_prediction(method, prediction.image_scores, prediction.maps, list(batch["path"]))
         labels.append(np.asarray(batch["label"]))
         scores.append(prediction.image_scores)
         masks.append(batch["mask"].numpy().astype(bool))
@@ -98,15 +110,28 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def holdout_split(samples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(fit, held out): ``fraction`` of ``samples`` (at least one) held out, drawn with ``seed``."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"threshold.holdout must be in (0, 1), got {fraction}")
+    if len(samples) < 2:
+        raise ConfigError(f"threshold.holdout needs at least 2 training images to hold one out, found {len(samples)}")
+    n_out = min(len(samples) - 1, max(1, round(fraction * len(samples))))
+    held = set(np.random.default_rng(seed).permutation(len(samples))[:n_out].tolist())
+    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one config end to end and write its record; returns the record."""
     config = OmegaConf.to_container(cfg, resolve=True)
     device = resolve_device(cfg.device)
     config["device"] = device.type
-    digest = config_hash(config)
+    save_path = Path(cfg.save_model) if cfg.get("save_model") else None
+    # saving holds training images out for the threshold, a different fit: hash its settings too
+    digest = config_hash({**config, "saved_with_threshold": config.get("threshold")} if save_path else config)
     results_dir = Path(cfg.results_dir)
     existing = find_record(results_dir, digest)
-    if existing is not None and not cfg.force:
+    if existing is not None and not cfg.force and not (save_path and not save_path.exists()):
         print(f"record exists for this config ({existing}); skipping (force=true reruns)")
         import json
 
@@ -114,29 +139,43 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    degrader = degrader_from_config(cfg.dataset.get("degrade"), cfg.seed, cfg.dataset.resize)  # test images only
     split = load_data(cfg)
-    backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
+    layers = list(cfg.method.layers)
+    if cfg.get("cache_dir"):  # every stage extracted once and cached: later runs with any layers read them from disk
+        every_stage, layers = stage_layers(cfg.backbone.name, layers)
+        backbone = cache = CachedBackbone(build_backbone(cfg.backbone, every_stage), cfg.cache_dir, layers)
+    else:
+        backbone, cache = build_backbone(cfg.backbone, layers), None
     method = build_method(cfg.method, backbone, device)
     transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
-    train, test = ImageDataset(split.train, transform), ImageDataset(split.test, transform)
+    fit_samples, held_out = holdout_split(split.train, cfg.threshold.holdout, cfg.seed) if save_path else (split.train, [])
+    train, test = ImageDataset(fit_samples, transform), ImageDataset(split.test, transform, degrader)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     start = time.perf_counter()
-    method.fit(loader(train, cfg))
+    train_batches, test_batches = loader(train, cfg), loader(test, cfg)
+    if cache is not None:  # dataset images may be written to the feature cache
+        train_batches, test_batches = cache.track(train_batches), cache.track(test_batches)
+    method.fit(train_batches)
     _sync(device)
     fit_seconds = time.perf_counter() - start
-    out = score_test_set(method, loader(test, cfg), device)
+    check_fitted_finite(method)
+    fit_cache = dict(cache.counts) if cache is not None else {}
+    out = score_test_set(method, test_batches, device)
 
     pixel = split.has_masks and method.pixel_level and out["maps"] is not None
     metrics = evaluate(out["labels"], out["scores"], out["masks"] if pixel else None, out["maps"] if pixel else None)
     bank_shape = list(method.memory_bank_shape)
     record = {
         "method": cfg.method.name,
-        "variant": cfg.get("tag"),
+        "variant": variant_name(cfg.get("tag"), degrader),
+        "degrade": degrader.label if degrader else None,
         "backbone": cfg.backbone.name,
         "weights": backbone.weights_source,
         "layers": list(cfg.method.layers),
+        "feature_maps": feature_map_shapes(backbone, cfg.dataset.crop),
         "image_size": cfg.dataset.crop,
         "resize": cfg.dataset.resize,
         "dataset": cfg.dataset.get("label", cfg.dataset.name),
@@ -159,6 +198,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "dims": bank_shape[1] if len(bank_shape) == 2 else None,
             "bytes": int(method.memory_bank_bytes),
         },
+        "feature_cache": _cache_summary(cache, fit_cache),
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
         "device": device.type,
@@ -168,12 +208,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "config_hash": digest,
         "config": config,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),  # 1/5/15-min load at the end of the run: timings on a busy machine are flagged
+        "pid": os.getpid(),
     }
+    if save_path:
+        record["saved_model"] = _save_fitted(save_path, cfg, method, transform, loader(ImageDataset(held_out, transform), cfg), record)
     path = write_record(results_dir, record)
     if cfg.figures:
         _save_figure(results_dir, record, test, transform, out, int(cfg.figures), pixel)
     print(_summary(record, path))
     return record
+
+
+def _save_fitted(path: Path, cfg: DictConfig, method: AnomalyDetector, transform: Transform, held_out, record: dict) -> dict[str, Any]:
+    """Set the decision threshold on the held-out normal images, then save the fitted method."""
+    threshold = calibrate_threshold(method, held_out, float(cfg.threshold.quantile))
+    info = {k: record[k] for k in ("dataset", "category", "seed", "n_train", "config_hash", "metrics")}
+    save_model(path, method, OmegaConf.to_container(cfg.method, resolve=True), OmegaConf.to_container(cfg.backbone, resolve=True), transform, threshold, info)
+    print(f"model saved to {path} (threshold {threshold['image']:.4g}: {threshold['rule']})")
+    return {"path": str(path), "threshold": threshold}
+
+
+def _cache_summary(cache: CachedBackbone | None, fit_counts: dict[str, int]) -> dict[str, Any] | None:
+    """Feature-cache use per phase: images served from disk (hits) or computed (misses) in fit and test."""
+    if cache is None:
+        return None
+    keys = ("hits", "misses", "stored", "bypassed")
+    fit = {k: fit_counts.get(k, 0) for k in keys}
+    test = {k: cache.counts[k] - fit[k] for k in keys}
+    return {**cache.summary(), "fit": fit, "test": test}
 
 
 def _save_figure(results_dir: Path, record: dict, test: ImageDataset, transform: Transform, out: dict, count: int, pixel: bool) -> None:

@@ -38,6 +38,7 @@ class PatchCore(AnomalyDetector):
         reweight_neighbors: int = 9,
         sigma: float = 4.0,
         nn_backend: str = "auto",
+        nn_max_block_bytes: int = 256 * 2**20,
         seed: int = 0,
         device: str = "cpu",
     ):
@@ -45,7 +46,7 @@ class PatchCore(AnomalyDetector):
         self.patch_size, self.embed_dim, self.coreset_ratio, self.proj_dim = patch_size, embed_dim, coreset_ratio, proj_dim
         self.num_neighbors, self.reweight, self.reweight_neighbors = num_neighbors, reweight, reweight_neighbors
         self.sigma, self.seed = sigma, seed
-        self.nn = NearestNeighbours(nn_backend, self.device)
+        self.nn = NearestNeighbours(nn_backend, self.device, nn_max_block_bytes)
         self.bank: torch.Tensor | None = None
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:

@@ -14,45 +14,53 @@ from scipy import ndimage
 EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
 
 
-def region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per-pixel PRO weights (0 for normal pixels) and the number of defect regions."""
+def label_regions(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Global region ids (0 = normal) of every pixel, 8-connected per image, and each region's size."""
     masks = np.asarray(masks).astype(bool)
-    weights = np.zeros(masks.shape, dtype=np.float64)
-    n_regions = 0
+    labels = np.zeros(masks.shape, dtype=np.int32)
+    offset = 0
     for i, mask in enumerate(masks):
-        if not mask.any():
-            continue
-        labelled, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
-        sizes = np.bincount(labelled.ravel())
-        per_pixel = np.zeros_like(sizes, dtype=np.float64)
-        per_pixel[1:] = 1.0 / sizes[1:]
-        weights[i] = per_pixel[labelled]
-        n_regions += count
-    if n_regions:
-        weights /= n_regions
-    return weights, n_regions
+        if mask.any():
+            count = ndimage.label(mask, structure=EIGHT_CONNECTED, output=labels[i])
+            labels[i][mask] += offset
+            offset += count
+    sizes = np.bincount(labels[masks], minlength=offset + 1)
+    return labels, sizes
+
+
+def region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per-pixel PRO weights 1 / (|region| * n_regions) (0 for normal pixels), and n_regions."""
+    labels, sizes = label_regions(masks)
+    n_regions = len(sizes) - 1
+    per_region = np.zeros(len(sizes))
+    per_region[1:] = 1.0 / (sizes[1:] * max(n_regions, 1))
+    return per_region[labels], n_regions
 
 
 def pro_curve(maps: np.ndarray, masks: np.ndarray, limit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, PRO) at each distinct threshold down to FPR ≈ ``limit``, starting at (0, 0)."""
-    maps = np.asarray(maps, dtype=np.float64).ravel()
-    masks = np.asarray(masks).astype(bool)
-    weights, n_regions = region_weights(masks)
-    weights, masks = weights.ravel(), masks.ravel()
-    normal_scores = maps[~masks]
+    scores = np.asarray(maps)
+    scores = (scores if scores.dtype in (np.float32, np.float64) else scores.astype(np.float64)).ravel()
+    labels, sizes = label_regions(masks)
+    labels = labels.ravel()
+    n_regions = len(sizes) - 1
+    normal_scores = scores[labels == 0]
     n_normal = normal_scores.size
     if n_regions == 0 or n_normal == 0:
         raise ValueError("AUPRO needs both defect regions and normal pixels")
-    if limit < 1.0:  # the score at which FPR first exceeds limit bounds what is needed
+    index = np.arange(scores.size)
+    if limit < 1.0:  # pixels scoring below the threshold where FPR first exceeds limit cannot matter
         k = min(n_normal - 1, int(np.floor(limit * n_normal)))
         cut = np.partition(normal_scores, n_normal - 1 - k)[n_normal - 1 - k]
-        keep = maps >= cut
-        maps, masks, weights = maps[keep], masks[keep], weights[keep]
-    order = np.argsort(-maps, kind="stable")
-    maps, masks, weights = maps[order], masks[order], weights[order]
-    last_of_run = np.r_[np.flatnonzero(np.diff(maps)), maps.size - 1]
-    fpr = np.cumsum(~masks / n_normal)[last_of_run]
-    pro = np.cumsum(weights)[last_of_run]
+        index = np.flatnonzero(scores >= cut)
+    kept = scores[index]
+    order = np.argsort(kept)[::-1]  # highest first; ties are merged below, so their order is irrelevant
+    kept, region = kept[order], labels[index[order]]
+    per_region = np.zeros(len(sizes))
+    per_region[1:] = 1.0 / (sizes[1:] * n_regions)
+    last_of_run = np.r_[np.flatnonzero(kept[1:] != kept[:-1]), kept.size - 1]
+    fpr = np.cumsum(region == 0)[last_of_run] / n_normal
+    pro = np.cumsum(per_region[region])[last_of_run]
     return np.r_[0.0, fpr], np.r_[0.0, pro]
 
 

@@ -7,12 +7,14 @@ import numpy as np
 
 def binary_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative (false positives, true positives) at each distinct score, highest score first."""
-    scores, labels = np.asarray(scores, dtype=np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
+    scores = np.asarray(scores)
+    scores = (scores if scores.dtype in (np.float32, np.float64) else scores.astype(np.float64)).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores contain NaN or inf")
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(scores)[::-1]  # highest first; tied scores are merged below
     scores, labels = scores[order], labels[order]
-    last_of_run = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    last_of_run = np.r_[np.flatnonzero(scores[1:] != scores[:-1]), scores.size - 1]
     tps = np.cumsum(labels)[last_of_run]
     fps = (last_of_run + 1) - tps
     return fps, tps

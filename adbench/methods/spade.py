@@ -1,0 +1,129 @@
+"""SPADE (Cohen & Hoshen 2020): kNN over images, then kNN over the pixels of the nearest images.
+
+image: f_y = global-average-pooled last-stage feature of image y;
+       d(y) = 1/K sum_{f in N_K(f_y)} ||f - f_y||^2            (K nearest training images)
+pixel: G_y = feature maps (pyramid layers 1..3) of those K images, every position of every layer;
+       d(y, p) = 1/kappa sum_{f in N_kappa(F(y, p))} ||f - F(y, p)||^2, per layer against that
+       layer's gallery, layers averaged on the finest grid
+maps:  upsampled bilinearly, Gaussian sigma = 4.
+
+The memory bank is every training image's pooled vector plus its full pyramid feature maps
+(|X| x H x W x D per layer): SPADE keeps all of it, nothing is subsampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..anomaly_maps import upsample_scores
+from ..errors import ConfigError, DataError
+from ..nn_search import NearestNeighbours
+from . import register
+from .base import AnomalyDetector, Prediction
+
+
+@register("spade")
+class SPADE(AnomalyDetector):
+    """``layers``: the pixel (pyramid) layers, finest first, then the image layer last."""
+
+    fitted_attributes = ("image_bank", "gallery", "gallery_shapes")
+
+    def __init__(
+        self,
+        backbone,
+        layers: list[str],
+        top_k: int = 50,
+        kappa: int = 1,
+        sigma: float = 4.0,
+        nn_backend: str = "auto",
+        device: str = "cpu",
+    ):
+        if len(layers) < 2:
+            raise ConfigError(f"method.layers={list(layers)}: SPADE needs the pixel layers followed by the image layer")
+        if top_k < 1 or kappa < 1:
+            raise ConfigError(f"method.top_k={top_k}, method.kappa={kappa}: both must be >= 1")
+        super().__init__(backbone, layers, device)
+        self.top_k, self.kappa, self.sigma, self.nn_backend = top_k, kappa, sigma, nn_backend
+        self.image_nn = NearestNeighbours(nn_backend, self.device)
+        self.image_bank: torch.Tensor | None = None  # (N, C_last) pooled vectors
+        self.gallery: torch.Tensor | None = None  # (N, sum_l C_l h_l w_l) flattened pyramid maps
+        self.gallery_shapes: torch.Tensor | None = None  # (L, 3): C_l, h_l, w_l
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[dict]) -> "SPADE":
+        vectors, rows, shapes = [], [], None
+        for images in self.images(batches, "features"):
+            *pyramid, last = self.layer_maps(images)
+            batch_shapes = [tuple(m.shape[1:]) for m in pyramid]
+            if shapes is not None and batch_shapes != shapes:
+                raise DataError(
+                    f"SPADE stores the training feature maps in one gallery, so training images must share one "
+                    f"size; got feature maps {batch_shapes} after {shapes}. Set dataset.resize / dataset.crop."
+                )
+            shapes = batch_shapes
+            vectors.append(last.mean((2, 3)))
+            rows.append(torch.cat([m.flatten(1) for m in pyramid], 1))
+        if not vectors:
+            raise ValueError("SPADE.fit got no training images")
+        self.image_bank = torch.cat(vectors)
+        self.gallery = torch.cat(rows)
+        self.gallery_shapes = torch.tensor(shapes)
+        self.image_nn.fit(self.image_bank)
+        self.fit_info = {"images": int(self.image_bank.shape[0]), "gallery_floats_per_image": int(self.gallery.shape[1])}
+        return self
+
+    def _after_load(self) -> None:
+        self.image_nn.fit(self.image_bank)
+
+    def image_knn(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores d(y) (B,) and the indices (B, K) of the K nearest training images."""
+        dist, index = self.image_nn.search(vectors, self.top_k)
+        return dist.square().mean(1), index
+
+    def _gallery_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per pixel layer, all positions of the given training images as (len(images) * h * w, C) rows."""
+        rows, start = [], 0
+        block = self.gallery[images.to(self.gallery.device)]
+        for c, h, w in self.gallery_shapes.tolist():
+            maps = block[:, start : start + c * h * w].reshape(-1, c, h * w)
+            rows.append(maps.transpose(1, 2).reshape(-1, c))
+            start += c * h * w
+        return rows
+
+    def pixel_scores(self, pyramid: list[torch.Tensor], neighbours: torch.Tensor) -> torch.Tensor:
+        """(B, h0, w0) pixel kNN distances, each image against its neighbours' maps, averaged over layers."""
+        size = pyramid[0].shape[-2:]
+        scores = torch.zeros(pyramid[0].shape[0], *size, device=pyramid[0].device)
+        for b, nearest in enumerate(neighbours):
+            for maps, bank in zip(pyramid, self._gallery_maps(nearest)):
+                c, h, w = maps.shape[1:]
+                dist, _ = NearestNeighbours(self.nn_backend, self.device).fit(bank).search(maps[b].reshape(c, -1).T, self.kappa)
+                layer = dist.square().mean(1).reshape(1, 1, h, w).to(scores.device)
+                scores[b] += F.interpolate(layer, size=size, mode="bilinear", align_corners=False)[0, 0]
+        return scores / len(pyramid)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        if self.image_bank is None:
+            raise RuntimeError("SPADE.predict called before fit")
+        *pyramid, last = self.layer_maps(images)
+        image, neighbours = self.image_knn(last.mean((2, 3)))
+        maps = upsample_scores(self.pixel_scores(pyramid, neighbours), tuple(images.shape[-2:]), self.sigma)
+        return Prediction(image.cpu().numpy().astype(np.float64), maps.cpu().numpy())
+
+    @property
+    def memory_bank_shape(self) -> tuple[int, ...]:
+        """(training images, floats kept per image: pooled vector + every pyramid map)."""
+        if self.image_bank is None:
+            return ()
+        return (int(self.image_bank.shape[0]), int(self.image_bank.shape[1] + self.gallery.shape[1]))
+
+    @property
+    def memory_bank_bytes(self) -> int:
+        if self.image_bank is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in (self.image_bank, self.gallery, self.gallery_shapes))

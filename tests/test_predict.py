@@ -1,0 +1,123 @@
+"""``save_model`` in a run, the threshold from held-out training images, and ``python -m adbench.predict``."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adbench.datasets import ImageDataset, Sample
+from adbench.model_io import load_model
+from adbench.predict import main as predict_main
+from conftest import run_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = [
+    "dataset=synthetic", "dataset.size=64", "dataset.resize=64", "dataset.crop=64", "dataset.n_train=8", "dataset.n_test=3",
+    "device=cpu", "method.coreset_ratio=1.0", "threshold.holdout=0.25",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("saved")
+    model = base / "model.safetensors"
+    record = run_overrides([*RUN, f"dataset.root={base / 'data'}", f"save_model={model}"], base / "results")
+    return {"base": base, "model": model, "record": record, "data": base / "data" / "stripes"}
+
+
+def scores_of(model, paths: list[Path]) -> np.ndarray:
+    ds = ImageDataset([Sample(p, 0) for p in paths], model.transform)
+    images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    return model.method.predict(images).image_scores
+
+
+def test_threshold_comes_from_held_out_training_images(saved) -> None:
+    record, threshold = saved["record"], saved["record"]["saved_model"]["threshold"]
+    train = sorted((saved["data"] / "train" / "good").glob("*.png"))
+    held = [p for p in train if p.name in threshold["held_out"]]
+    fitted = [p for p in train if p.name not in threshold["held_out"]]
+    assert len(held) == 2 and record["n_train"] == len(fitted) == 6
+    assert threshold["quantile"] == 1.0 and threshold["image"] == max(threshold["held_out_scores"])
+    model = load_model(saved["model"])
+    assert model.threshold == threshold
+    np.testing.assert_allclose(scores_of(model, held), threshold["held_out_scores"], rtol=1e-5)
+    # coreset 1.0 keeps every patch of the fitted images: they score ~0, the held-out ones do not,
+    # which shows the threshold images were kept out of the fit
+    assert scores_of(model, fitted).max() < 0.05 * min(threshold["held_out_scores"])
+    assert threshold["pixel"] is not None and threshold["pixel_floor"] < threshold["pixel"]
+
+
+def test_saving_run_reruns_only_for_a_new_model_path(saved, capsys) -> None:
+    overrides = [*RUN, f"dataset.root={saved['base'] / 'data'}"]
+    again = run_overrides([*overrides, f"save_model={saved['model']}"], saved["base"] / "results")
+    assert "skipping" in capsys.readouterr().out and again["config_hash"] == saved["record"]["config_hash"]
+    other = saved["base"] / "other.safetensors"
+    rerun = run_overrides([*overrides, f"save_model={other}"], saved["base"] / "results")
+    assert other.is_file() and rerun["saved_model"]["threshold"] == saved["record"]["saved_model"]["threshold"]
+    assert rerun["config_hash"] != run_overrides(overrides, saved["base"] / "plain")["config_hash"]  # full-train run differs
+
+
+def test_predict_scores_a_messy_folder(saved, tmp_path) -> None:
+    folder = tmp_path / "incoming"
+    shutil.copytree(saved["data"] / "test", folder)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(b"ignored")
+    Image.open(folder / "good" / "000.png").convert("RGB").save(folder / "good" / "000.jpg", quality=95)  # same stem
+    out = tmp_path / "out"
+    rows = predict_main([f"model={saved['model']}", f"images={folder}", f"out={out}", "device=cpu"])
+    with open(out / "scores.csv") as handle:
+        table = list(csv.DictReader(handle))
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in (".png", ".jpg") and not p.name.startswith("."))
+    assert [r["path"] for r in table] == paths == [r["path"] for r in rows]
+    model = load_model(saved["model"])
+    expected = scores_of(model, [folder / p for p in paths])
+    scores = np.array([float(r["score"]) for r in table])
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    threshold = model.threshold["image"]
+    assert all(int(r["anomalous"]) == (float(r["score"]) > threshold) for r in table)
+    defect = np.array([p.startswith("defect/") for p in paths])
+    assert scores[defect].min() > threshold and scores[defect].min() > scores[~defect].max()
+    overlays = [out / r["overlay"] for r in table]
+    assert len(set(overlays)) == len(overlays) and {"overlays/good/000.png.png", "overlays/good/000.jpg.png"} <= {r["overlay"] for r in table}
+    with Image.open(overlays[0]) as picture:
+        assert picture.size == (2 * 64, 64) and picture.mode == "RGB"
+
+
+def test_predict_errors_name_the_problem(saved, tmp_path, capsys) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    bad_args = {
+        (f"model={tmp_path / 'nope.safetensors'}", f"images={saved['data'] / 'test'}"): "does not exist",
+        (f"model={saved['model']}",): "missing images=...",
+        (f"model={saved['model']}", f"images={folder}", "colour=red"): "unknown argument 'colour=red'",
+        (f"model={saved['model']}", f"images={folder}"): "no image files",
+    }
+    for args, message in bad_args.items():
+        with pytest.raises(SystemExit) as exit_info:
+            predict_main([*args, f"out={tmp_path / 'out'}"])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(SystemExit):
+        predict_main([f"model={saved['model']}", f"images={folder}", f"out={tmp_path / 'out'}"])
+    assert f"cannot read image {folder / 'broken.png'}" in capsys.readouterr().err
+
+
+def test_predict_command_line(saved, tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "adbench.predict", f"model={saved['model']}", f"images={saved['data'] / 'test' / 'defect'}", "out=out", "overlays=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    assert len(table) == 3 and all(r["anomalous"] == "1" and r["overlay"] == "" for r in table)
+    assert "3 above threshold" in done.stdout and not (tmp_path / "out" / "overlays").exists()
