@@ -40,4 +40,8 @@ def test_patchcore_scores_painted_defect_higher_and_reweighting() -> None:
     assert prediction.image_scores[1] > prediction.image_scores[0]
     row, col = np.unravel_index(prediction.maps[1].argmax(), (96, 96))
     assert 28 <= row <= 68 and 28 <= col <= 68
-    assert np.all((0 <= prediction.image_scores) & (prediction.image_scores <= model.predict(test).maps.max()))
+    model.reweight = False
+    plain = model.predict(test).image_scores  # s*: the largest patch score
+    assert np.allclose(plain, model.patch_scores(model.embed(test)).flatten(1).amax(1).numpy())
+    # Eq. 7 scales s* by a weight in (0, 1).
+    assert np.all((0 < prediction.image_scores) & (prediction.image_scores < plain))
