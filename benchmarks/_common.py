@@ -20,6 +20,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": sys.version.split()[0],
+        "load_average": list(os.getloadavg()),
     }
 
 

@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -36,14 +37,18 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ["spade", "padim", "gaussian_ad", "patchcore"]
 
 
-def run_method(method: str, backbone: str, overrides: list[str]) -> dict:
-    """One ``python -m adbench`` run; returns its record."""
+def run_method(method: str, backbone: str, overrides: list[str], keep: Path | None) -> dict:
+    """One ``python -m adbench`` run; returns its record (also kept under ``keep`` when given)."""
     with tempfile.TemporaryDirectory() as results:
         command = [sys.executable, "-m", "adbench", f"method={method}", "dataset=mvtec", f"backbone={backbone}",
                    f"results_dir={results}", "figures=0", "force=true", *overrides]
         load_before = os.getloadavg()[0]
         subprocess.run(command, cwd=ROOT, check=True)
-        record = json.loads(next(Path(results, "records").glob("*.json")).read_text())
+        (path,) = Path(results, "records").glob("*.json")
+        record = json.loads(path.read_text())
+        if keep is not None:
+            (keep / "records").mkdir(parents=True, exist_ok=True)
+            os.replace(shutil.copy(path, keep / "records" / f".{path.name}.tmp"), keep / "records" / path.name)
     record["load_average_1min"] = [load_before, os.getloadavg()[0]]
     return record
 
@@ -124,6 +129,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=550)
     parser.add_argument("--n-train", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--keep", type=Path, default=None, metavar="RESULTS_DIR",
+                        help="also keep each run's record there (e.g. results, for the leaderboard)")
     args = parser.parse_args()
     if args.padim_memory:
         result = padim_memory(args.dim, args.n_train, 224, args.device)
@@ -139,7 +146,7 @@ def main() -> None:
         if not sep or method not in METHODS:
             raise SystemExit(f"--set {item!r}: expected METHOD:KEY=VALUE with METHOD in {METHODS}")
         extra.setdefault(method, []).append(override)
-    rows = {m: summary(run_method(m, args.backbone, extra.get(m, []))) for m in args.methods}
+    rows = {m: summary(run_method(m, args.backbone, extra.get(m, []), args.keep)) for m in args.methods}
     print(f"\nMVTec bottle, backbone={args.backbone}, {os.cpu_count()} CPU cores\n")
     print(table(rows))
     print(save("methods_cost", {"dataset": "mvtec/bottle", "backbone": args.backbone, "methods": rows}))

@@ -82,7 +82,8 @@ def main() -> None:
         results["speedup"] = results["anomalib"]["seconds"] / results["adbench"]["seconds"]
         results["image_auroc_diff_points"] = 100 * (results["adbench"]["image_auroc"] - results["anomalib"]["image_auroc"])
         print(f"adbench is {results['speedup']:.1f}x faster end to end; image AUROC difference {results['image_auroc_diff_points']:+.2f} points")
-    print(save(f"vs_anomalib_{args.device}" + (f"_{args.only}" if args.only else ""), results))
+    suffix = (f"_ratio{args.ratio:g}" if args.ratio != RATIO else "") + (f"_{args.only}" if args.only else "")
+    print(save(f"vs_anomalib_{args.device}{suffix}", results))
 
 
 if __name__ == "__main__":
