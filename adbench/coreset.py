@@ -41,8 +41,12 @@ def greedy_coreset_reference(points: torch.Tensor, n_select: int, seed: int = 0)
     return torch.tensor(picks)
 
 
-def _greedy_coreset_cuda(points: torch.Tensor, n_select: int, seed: int) -> torch.Tensor:
-    """The full-update loop on the GPU (fast there; near-ties may resolve differently than on CPU)."""
+def greedy_coreset_full(points: torch.Tensor, n_select: int, seed: int = 0) -> torch.Tensor:
+    """The per-pick loop with a full distance update in torch, as PatchCore implementations do it.
+
+    Used on CUDA, where it is fast; on CPU it is the baseline of ``benchmarks/bench_coreset.py``.
+    Float sums may order differently from NumPy's, so near-ties can resolve differently.
+    """
     start = _start(points.shape[0], seed)
     min_sq = ((points - points[start]) ** 2).sum(1)
     picks = torch.empty(n_select, dtype=torch.long, device=points.device)
@@ -63,7 +67,7 @@ def greedy_coreset(points: torch.Tensor, n_select: int, seed: int = 0, refresh_e
     n = points.shape[0]
     n_select = max(1, min(n_select, n))
     if points.is_cuda:
-        return _greedy_coreset_cuda(points.float(), n_select, seed)
+        return greedy_coreset_full(points.float(), n_select, seed)
     x = points.detach().float().contiguous().numpy()
     start = _start(n, seed)
     min_sq = ((x - x[start]) ** 2).sum(1)  # m(x)^2: squared distance to the nearest pick

@@ -35,6 +35,12 @@ def latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(newest.values())
 
 
+def contended(record: dict[str, Any]) -> bool:
+    """True when the run shared its cores with much other work (1-min load above 1.5x the CPU count)."""
+    load, cores = record.get("load_average"), record.get("cpu_count")
+    return bool(load and cores and load[0] > 1.5 * cores)
+
+
 def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
@@ -79,7 +85,7 @@ def section(records: list[dict[str, Any]], plots_dir: Path | None = None) -> lis
     categories = sorted({r["category"] for r in records})
     groups = _groups(records)
     rows = sorted({row_name(r) for r in records})
-    cell = {(row_name(r), r["category"]): r for r in records}
+    cell = {(row_name(r), r["category"]): r for r in sorted(records, key=lambda r: r.get("created", ""))}  # newest
     header = ["method"] + categories + [f"avg {g}" for g in groups]
     lines += ["Cells: I-AUROC / P-AUROC / AUPRO (%), n/a = not applicable.", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -96,21 +102,21 @@ def section(records: list[dict[str, Any]], plots_dir: Path | None = None) -> lis
                 cells.append("–")
         lines.append("| " + " | ".join(cells) + " |")
     gpu = any(r.get("peak_gpu_bytes") for r in records)
-    lines += ["", "| method | category | fit s | model img/s | end-to-end img/s | memory bank | bank MiB | peak RSS GiB |" + (" peak GPU GiB |" if gpu else ""),
-              "|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
-    for row in rows:
-        for category in categories:
-            r = cell.get((row, category))
-            if not r:
-                continue
-            bank = r["memory_bank"]
-            shape = "x".join(str(s) for s in bank["shape"]) or "–"
-            fit_mark, test_mark = ("‡" if used_cached_features(r, phase) else "" for phase in ("fit", "test"))
-            lines.append(
-                f"| {row} | {category} | {r['fit_seconds']:.1f}{fit_mark} | {r['throughput']['model_images_per_s']:.1f}{test_mark} | "
-                f"{r['throughput']['end_to_end_images_per_s']:.1f}{test_mark} | {shape} | {bank['bytes'] / 2**20:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} |"
-                + (f" {(r.get('peak_gpu_bytes') or 0) / 2**30:.2f} |" if gpu else "")
-            )
+    lines += ["", "| method | category | device | fit s | model img/s | end-to-end img/s | memory bank | bank MiB | peak RSS GiB |" + (" peak GPU GiB |" if gpu else ""),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
+    for r in sorted(records, key=lambda r: (row_name(r), r["category"], r.get("device_name") or r["device"])):
+        row, category = row_name(r), r["category"]
+        bank = r["memory_bank"]
+        shape = "x".join(str(s) for s in bank["shape"]) or "–"
+        fit_mark, test_mark = ("‡" if used_cached_features(r, phase) else "" for phase in ("fit", "test"))
+        lines.append(
+            f"| {row} | {category} | {r.get('device_name') or r['device']}{'†' if contended(r) else ''} | {r['fit_seconds']:.1f}{fit_mark} | {r['throughput']['model_images_per_s']:.1f}{test_mark} | "
+            f"{r['throughput']['end_to_end_images_per_s']:.1f}{test_mark} | {shape} | {bank['bytes'] / 2**20:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} |"
+            + (f" {(r.get('peak_gpu_bytes') or 0) / 2**30:.2f} |" if gpu else "")
+        )
+    if any(contended(r) for r in records):
+        lines += ["", "† the machine was oversubscribed during this run (1-min load average above 1.5x its CPU count at the end): "
+                  "its times are slower than the same run on an idle machine."]
     if any(used_cached_features(r, p) for r in records for p in ("fit", "test")):
         lines += ["", "‡ backbone features read from the feature cache (`cache_dir`): backbone time is not included; "
                   "rerun with `cache_dir=null` for end-to-end figures."]

@@ -44,6 +44,7 @@ def build_backbone(cfg: DictConfig, layers: list[str]) -> Backbone:
 def method_params(method_cfg: DictConfig) -> dict[str, Any]:
     params = OmegaConf.to_container(method_cfg, resolve=True)
     params.pop("name", None)
+    params.pop("labelled_anomalies", None)  # a data split the runner makes, see labelled_split
     return params
 
 
@@ -121,6 +122,17 @@ def holdout_split(samples: list, fraction: float, seed: int) -> tuple[list, list
     return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
 
 
+def labelled_split(test: list, n: int, seed: int) -> tuple[list, list]:
+    """(labelled, remaining test): ``n`` anomalous test samples drawn with ``seed`` move to training
+    (semi-supervised methods); they leave the test set, which keeps at least one anomaly."""
+    anomalous = [i for i, s in enumerate(test) if s.label == 1]
+    if not 0 < n < len(anomalous):
+        raise ConfigError(f"method.labelled_anomalies={n}: the test set has {len(anomalous)} anomalies; "
+                          "take at least 1 and leave at least 1 for testing")
+    taken = set(np.random.default_rng(seed).choice(anomalous, n, replace=False).tolist())
+    return [s for i, s in enumerate(test) if i in taken], [s for i, s in enumerate(test) if i not in taken]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one config end to end and write its record; returns the record."""
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -150,7 +162,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     method = build_method(cfg.method, backbone, device)
     transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
     fit_samples, held_out = holdout_split(split.train, cfg.threshold.holdout, cfg.seed) if save_path else (split.train, [])
-    train, test = ImageDataset(fit_samples, transform), ImageDataset(split.test, transform, degrader)
+    labelled, test_samples = [], split.test
+    if cfg.method.get("labelled_anomalies"):
+        if not method.learns_from_anomalies:
+            raise ConfigError(f"method.labelled_anomalies: method={cfg.method.name} trains on normal images only")
+        labelled, test_samples = labelled_split(split.test, int(cfg.method.labelled_anomalies), cfg.seed)
+    train, test = ImageDataset(fit_samples + labelled, transform), ImageDataset(test_samples, transform, degrader)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -184,6 +201,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "n_train": len(train),
         "n_test": len(test),
+        "train_anomalies": [str(s.image) for s in labelled],  # labelled anomalies moved out of the test set
         "metrics": metrics,
         "pixel_metrics": "computed" if pixel else "not applicable (no masks or image-level method)",
         "fit_seconds": fit_seconds,

@@ -26,6 +26,7 @@ from adbench.methods.fcdd import (
 )
 from adbench.metrics import evaluate
 from adbench.transforms import Transform
+from conftest import run_overrides
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,17 @@ def test_fcdd_localises_real_bottle_defects(data_root, lite0) -> None:
     metrics = evaluate(np.concatenate(labels), np.concatenate(scores), np.concatenate(masks), np.concatenate(maps))
     assert metrics["pixel_auroc"] > 0.85
     assert metrics["image_auroc"] > 0.8
+
+
+def test_labelled_anomalies_move_from_test_to_training(tmp_path) -> None:
+    """Semi-supervised FCDD: real anomalies train with their masks and leave the test set."""
+    data = ["dataset=synthetic", f"dataset.root={tmp_path / 'data'}", "dataset.n_test=6"]
+    clean = run_overrides(["method=fcdd", "method.epochs=2", *data], tmp_path / "clean")
+    record = run_overrides(["method=fcdd", "method.epochs=2", "method.labelled_anomalies=2", "method.pixel_loss=true", *data], tmp_path / "semi")
+    assert len(record["train_anomalies"]) == 2 and record["n_test"] == clean["n_test"] - 2
+    assert record["fit_info"]["labelled_anomalies"] == 2
+    assert record["config_hash"] != clean["config_hash"] and clean["train_anomalies"] == []
+    with pytest.raises(ConfigError, match="labelled_anomalies"):
+        run_overrides(["method=fcdd", "method.labelled_anomalies=99", *data], tmp_path / "too_many")
+    with pytest.raises(ConfigError, match="method=patchcore trains on normal images only"):
+        run_overrides(["method=patchcore", "+method.labelled_anomalies=1", *data], tmp_path / "patchcore")

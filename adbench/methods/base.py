@@ -31,6 +31,8 @@ class AnomalyDetector(ABC):
 
     name: ClassVar[str] = "base"
     pixel_level: ClassVar[bool] = True
+    # True for methods that train on labelled anomalies (label 1 + mask) when the runner passes some
+    learns_from_anomalies: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, layers: list[str], device: str | torch.device = "cpu"):
         missing = [layer for layer in layers if layer not in backbone.layers]

@@ -181,6 +181,7 @@ def confetti(
 @register("fcdd")
 class FCDD(AnomalyDetector):
     fitted_attributes = ("head",)
+    learns_from_anomalies = True
 
     def __init__(
         self,

@@ -1,0 +1,151 @@
+"""Write benchmarks/results/SUMMARY.md from the benchmark JSON files: each target beside what was measured.
+
+    python benchmarks/summarize.py
+
+Every figure comes from a ``benchmarks/results/*.json`` file written by one of the ``bench_*.py``
+scripts; a benchmark that has not been run is listed as missing. Each line names the machine the
+figure was measured on (CPU count, GPU, and the 1-min load average when recorded).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def machine(d: dict) -> str:
+    m = d.get("machine", {})
+    gpu = m.get("cuda") or (d["device"] if str(d.get("device", "")).startswith("NVIDIA") else None)
+    load_avg = m.get("load_average")
+    parts = [f"{m['cpu_count']} CPU cores" if m.get("cpu_count") else None, gpu,
+             f"load {load_avg[0]:.1f}" if load_avg else None, f"torch {m.get('torch') or d.get('torch')}"]
+    return ", ".join(p for p in parts if p)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def coreset(d: dict) -> list[str]:
+    lines = ["| features | picks | reference loop s | pruned greedy s | speed-up | identical picks |", "|---|---|---|---|---|---|"]
+    for name, r in d.items():
+        if name != "machine":
+            lines.append(f"| {name} {r['points'][0]:,}x{r['points'][1]} | {r['selected']:,} | {r['reference_loop_s']:.1f} | "
+                         f"{r['pruned_greedy_s']:.1f} | {r['speedup']:.1f}x | {r['identical_picks']} |")
+    real = d["bottle_lite0_1024d"]
+    return [f"Target: 10% of ~200k x 1024 at least 4x faster than the per-pick loop, identical picks: "
+            f"{verdict(real['speedup'] >= 4 and real['identical_picks'])}.", "", *lines]
+
+
+def aupro(d: dict) -> list[str]:
+    return [f"AUPRO over 100 maps of 256x256: {d['aupro']['best_s']:.3f} s (target < 1 s: {verdict(d['aupro']['best_s'] < 1)}); "
+            f"pixel AUROC on the same maps {d['pixel_auroc']['best_s']:.2f} s."]
+
+
+def nn_flops(d: dict) -> list[str]:
+    s = d["shape"]
+    lines = [f"{s['queries']:,} queries x {s['bank']:,} bank x {s['dims']} dims; plain fp32 matmul {d['matmul_gflops']:.0f} GFLOP/s.", ""]
+    for backend in ("torch", "faiss"):
+        r = d[backend]
+        lines.append(f"- {backend}: {r['seconds']:.2f} s, {r['gflops']:.0f} GFLOP/s = {100 * r['fraction_of_matmul']:.0f}% of matmul "
+                     f"(target >= 60%: {verdict(r['fraction_of_matmul'] >= 0.6)})")
+    return lines
+
+
+def vs_anomalib(d: dict) -> list[str]:
+    s = d["setting"]
+    lines = [f"MVTec `{s['category']}`, {s['backbone']} {'+'.join(s['layers'])}, {s['image_size']} px, coreset ratio {s['coreset_ratio']}, {s['device']}.", "",
+             "| | fit + test s | fit s | I-AUROC | P-AUROC |", "|---|---|---|---|---|"]
+    for name in ("adbench", "anomalib"):
+        if name in d:
+            r = d[name]
+            lines.append(f"| {name}{' ' + r['version'] if r.get('version') else ''} | {r['seconds']:.1f} | {r['fit_seconds']:.1f} | "
+                         f"{100 * r['image_auroc']:.2f} | {100 * r['pixel_auroc']:.2f} |" if r.get("pixel_auroc") is not None else
+                         f"| {name} | {r['seconds']:.1f} | {r['fit_seconds']:.1f} | {100 * r['image_auroc']:.2f} | n/a |")
+    if "speedup" in d:
+        lines += ["", f"Speed-up {d['speedup']:.1f}x (target >= 2x: {verdict(d['speedup'] >= 2)}); I-AUROC difference "
+                  f"{d['image_auroc_diff_points']:+.2f} points (target within 0.5: {verdict(abs(d['image_auroc_diff_points']) <= 0.5)})."]
+    return lines
+
+
+def methods_cost(d: dict) -> list[str]:
+    lines = [f"{d['dataset']}, backbone config `{d['backbone']}`, one process per method.", "",
+             "| method | fit s | images/s | memory bank MiB | peak RSS MiB | I-AUROC | P-AUROC |", "|---|---|---|---|---|---|---|"]
+    for name, r in d["methods"].items():
+        p = "n/a" if r["pixel_auroc"] is None else f"{100 * r['pixel_auroc']:.1f}"
+        lines.append(f"| {name} | {r['fit_seconds']:.1f} | {r['model_images_per_s']:.2f} | {r['memory_bank_bytes'] / 2**20:.2f} | "
+                     f"{r['peak_rss_bytes'] / 2**20:.0f} | {100 * r['image_auroc']:.1f} | {p} |")
+    return lines
+
+
+def padim_memory(d: dict) -> list[str]:
+    overhead = d["peak_rss_bytes"] - d["baseline_rss_bytes"] if d["device"] == "cpu" else d["peak_gpu_bytes"]
+    inverse = d["inverse_bytes_formula_HWd2x4"]
+    return [f"PaDiM {d['backbone']}, d = {d['dim']}, {d['positions']} positions, {d['n_train']} training images, {d['device']}: "
+            f"inverse covariances H·W·d²·4 = {inverse / 2**30:.2f} GiB; peak {'RSS above the backbone baseline' if d['device'] == 'cpu' else 'GPU memory'} "
+            f"{overhead / 2**30:.2f} GiB = {overhead / inverse:.2f}x (target < 2x: {verdict(overhead < 2 * inverse)}); "
+            f"fit {d['fit_seconds']:.1f} s, scoring {d['score_images_per_s']:.1f} images/s."]
+
+
+def memory_budget(d: dict) -> list[str]:
+    lines = [d["what"] + f"; bank {d['fit']['bank_shape'][0]:,} x {d['fit']['bank_shape'][1]} = {d['fit']['bank_bytes'] / 2**20:.0f} MiB.", "",
+             "| backend | block budget MiB | bank MiB | scoring overhead MiB | s |", "|---|---|---|---|---|"]
+    for r in d["rows"]:
+        lines.append(f"| {r['backend']} | {r['budget_bytes'] / 2**20:.0f} | {r['bank_bytes'] / 2**20:.0f} | {r['scoring_overhead_bytes'] / 2**20:.0f} | {r['seconds']:.1f} |")
+    return lines
+
+
+def feature_cache(d: dict) -> list[str]:
+    wall, images = d["total_wall_s"], d["backbone_images"]
+    return [f"Sweep of {', '.join(r['method'] for r in d['with_cache'])} on {' '.join(d['overrides'])}: backbone passes over images "
+            f"{images['off']} without the cache, {images['on']} with it (features extracted once); wall time {wall['off']:.0f} s vs {wall['on']:.0f} s."]
+
+
+def gpu(d: dict) -> list[str]:
+    lines = [f"{d['device']}, {d['note']}; {d['nn_search']}; {d['image_size']} px, batch {d['batch_size']}.", "",
+             "| method | images/s (model) | end-to-end images/s | fit s | peak GPU GiB (scoring) | memory bank MiB |", "|---|---|---|---|---|---|"]
+    for m in d["methods"]:
+        lines.append(f"| {m['method']} | {m['images_per_s']:.0f} | {m['end_to_end_images_per_s']:.0f} | {m['fit_s']:.1f} | "
+                     f"{m['peak_gpu_predict_bytes'] / 2**30:.2f} | {m['memory_bank_bytes'] / 2**20:.1f} |")
+    return lines
+
+
+SECTIONS: list[tuple[str, str, Callable[[dict], list[str]], str]] = [
+    ("coreset", "Greedy coreset", coreset, "bench_coreset.py"),
+    ("aupro", "AUPRO", aupro, "bench_aupro.py"),
+    ("nn_flops_cpu", "Nearest-neighbour scoring FLOP rate", nn_flops, "bench_nn_flops.py"),
+    ("vs_anomalib_cpu", "PatchCore: adbench vs anomalib 2.7 (10% coreset)", vs_anomalib, "bench_vs_anomalib.py"),
+    ("vs_anomalib_cpu_ratio0.01", "PatchCore: adbench vs anomalib 2.7 (1% coreset)", vs_anomalib, "bench_vs_anomalib.py --ratio 0.01"),
+    ("methods_cost", "Memory-bank methods side by side", methods_cost, "bench_methods_cost.py"),
+    ("padim_memory", "PaDiM at the paper's largest setting (CPU)", padim_memory, "bench_methods_cost.py --padim-memory"),
+    ("padim_memory_cuda", "PaDiM at the paper's largest setting (CUDA)", padim_memory, "bench_methods_cost.py --padim-memory --device cuda"),
+    ("memory_budget", "Scoring under a memory budget", memory_budget, "bench_memory_budget.py"),
+    ("feature_cache", "Feature cache", feature_cache, "bench_feature_cache.py"),
+    ("gpu", "GPU throughput and memory per method", gpu, "bench_gpu.py"),
+]
+
+
+def main() -> None:
+    out = ["# Benchmark summary", "", "Generated by `python benchmarks/summarize.py` from `benchmarks/results/*.json`; do not edit by hand.", ""]
+    for name, title, render, script in SECTIONS:
+        d = load(name)
+        out += [f"## {title}", "", f"`benchmarks/{script}` → `results/{name}.json`" + (f" · {machine(d)}" if d else ""), ""]
+        out += (render(d) if d else ["Not run yet."]) + [""]
+    cfa = RESULTS / "cfa_compression.md"
+    if cfa.is_file():
+        out += ["## CFA memory-bank compression (Table 6)", "", f"See [cfa_compression.md]({cfa.name}) (`benchmarks/bench_cfa_compression.py`).", ""]
+    path = RESULTS / "SUMMARY.md"
+    path.write_text("\n".join(out))
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
