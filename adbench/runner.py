@@ -180,6 +180,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - start
     check_fitted_finite(method)
     fit_cache = dict(cache.counts) if cache is not None else {}
+    method.compute_maps = split.has_masks  # image-level data: methods may skip their pixel maps
     out = score_test_set(method, test_batches, device)
 
     pixel = split.has_masks and method.pixel_level and out["maps"] is not None

@@ -45,6 +45,13 @@ def test_image_knn_matches_brute_force(fitted, backbone) -> None:
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-4)
     assert np.array_equal(np.sort(neighbours.numpy(), 1), np.sort(order, 1))
     np.testing.assert_allclose(model.predict(test).image_scores, expected, rtol=1e-4)
+    model.compute_maps = False  # what the runner sets for data without masks (elpv)
+    try:
+        image_only = model.predict(test)
+    finally:
+        model.compute_maps = True
+    assert image_only.maps is None
+    np.testing.assert_allclose(image_only.image_scores, expected, rtol=1e-4)
 
 
 def test_pixel_knn_matches_brute_force(fitted, backbone) -> None:

@@ -41,6 +41,8 @@ class AnomalyDetector(ABC):
         self.backbone, self.layers, self.device = backbone, list(layers), torch.device(device)
         self.backbone.to(self.device)
         self.fit_info: dict[str, Any] = {}
+        # False: predict may skip its anomaly maps (the runner sets it for data without masks)
+        self.compute_maps = True
 
     def layer_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's maps for ``self.layers``, finest first."""
