@@ -42,18 +42,20 @@ def greedy_coreset_reference(points: torch.Tensor, n_select: int, seed: int = 0)
 
 
 def greedy_coreset_full(points: torch.Tensor, n_select: int, seed: int = 0) -> torch.Tensor:
-    """The per-pick loop with a full distance update in torch, as PatchCore implementations do it.
+    """The per-pick loop as PatchCore implementations write it: after each pick, every point's
+    distance to it, ||x||^2 - 2 x.c + ||c||^2 (one matrix-vector product), updates the minimum.
 
     Used on CUDA, where it is fast; on CPU it is the baseline of ``benchmarks/bench_coreset.py``.
-    Float sums may order differently from NumPy's, so near-ties can resolve differently.
+    Its rounding differs from the exact (x - c)^2 sums, so near-ties can resolve differently.
     """
+    sq = points.square().sum(1)
     start = _start(points.shape[0], seed)
-    min_sq = ((points - points[start]) ** 2).sum(1)
+    min_sq = (sq - 2 * points @ points[start] + sq[start]).clamp_min_(0)
     picks = torch.empty(n_select, dtype=torch.long, device=points.device)
     picks[0] = start
     for j in range(1, n_select):
         picks[j] = torch.argmax(min_sq)
-        torch.minimum(min_sq, ((points - points[picks[j]]) ** 2).sum(1), out=min_sq)
+        torch.minimum(min_sq, sq - 2 * points @ points[picks[j]] + sq[picks[j]], out=min_sq)
     return picks
 
 
