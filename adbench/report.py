@@ -27,12 +27,12 @@ def row_name(record: dict[str, Any]) -> str:
 
 
 def latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the newest record per (row, dataset, category, backbone, size, seed, device)."""
+    """Keep the newest record per (row, dataset, category, backbone, size, seed, device), oldest first."""
     newest: dict[tuple, dict[str, Any]] = {}
     for record in sorted(records, key=lambda r: r.get("created", "")):
         key = (row_name(record), record["dataset"], record["category"], record["backbone"], record["image_size"], record.get("seed"), record.get("device"))
         newest[key] = record
-    return list(newest.values())
+    return sorted(newest.values(), key=lambda r: r.get("created", ""))
 
 
 def contended(record: dict[str, Any]) -> bool:
@@ -85,7 +85,7 @@ def section(records: list[dict[str, Any]], plots_dir: Path | None = None) -> lis
     categories = sorted({r["category"] for r in records})
     groups = _groups(records)
     rows = sorted({row_name(r) for r in records})
-    cell = {(row_name(r), r["category"]): r for r in sorted(records, key=lambda r: r.get("created", ""))}  # newest
+    cell = {(row_name(r), r["category"]): r for r in records}  # records come oldest first: the newest wins
     header = ["method"] + categories + [f"avg {g}" for g in groups]
     lines += ["Cells: I-AUROC / P-AUROC / AUPRO (%), n/a = not applicable.", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

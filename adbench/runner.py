@@ -111,6 +111,11 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _partition(samples: list, indices: set[int]) -> tuple[list, list]:
+    """(samples at ``indices``, the others), both in their original order."""
+    return [s for i, s in enumerate(samples) if i in indices], [s for i, s in enumerate(samples) if i not in indices]
+
+
 def holdout_split(samples: list, fraction: float, seed: int) -> tuple[list, list]:
     """(fit, held out): ``fraction`` of ``samples`` (at least one) held out, drawn with ``seed``."""
     if not 0.0 < fraction < 1.0:
@@ -119,7 +124,8 @@ def holdout_split(samples: list, fraction: float, seed: int) -> tuple[list, list
         raise ConfigError(f"threshold.holdout needs at least 2 training images to hold one out, found {len(samples)}")
     n_out = min(len(samples) - 1, max(1, round(fraction * len(samples))))
     held = set(np.random.default_rng(seed).permutation(len(samples))[:n_out].tolist())
-    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
+    taken, rest = _partition(samples, held)
+    return rest, taken
 
 
 def labelled_split(test: list, n: int, seed: int) -> tuple[list, list]:
@@ -129,8 +135,7 @@ def labelled_split(test: list, n: int, seed: int) -> tuple[list, list]:
     if not 0 < n < len(anomalous):
         raise ConfigError(f"method.labelled_anomalies={n}: the test set has {len(anomalous)} anomalies; "
                           "take at least 1 and leave at least 1 for testing")
-    taken = set(np.random.default_rng(seed).choice(anomalous, n, replace=False).tolist())
-    return [s for i, s in enumerate(test) if i in taken], [s for i, s in enumerate(test) if i not in taken]
+    return _partition(test, set(np.random.default_rng(seed).choice(anomalous, n, replace=False).tolist()))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
