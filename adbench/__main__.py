@@ -1,30 +1,16 @@
-"""``python -m adbench [overrides]``: the Hydra entry point (see conf/config.yaml)."""
+"""``adbench [key=value ...]`` / ``python -m adbench``: one run or a ``--multirun`` sweep (conf/config.yaml)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .errors import AdbenchError
+from .cli import hydra_command
 from .runner import run
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-
-@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+@hydra_command("config", "adbench")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except AdbenchError as exc:
-        print(f"adbench: error: {exc}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # a failed sweep job is reported by Hydra at the end; exiting here would stop the others
-        sys.exit(2)
+    run(cfg)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
+import json
 import os
 import platform
 import resource
@@ -14,49 +14,30 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .backbones import Backbone
-from .datasets import ImageDataset, Split, load_split
-from .degrade import degrader_from_config, variant_name
+from .config.build import build_backbone, build_method, resolve_device
+from .config.schema import validate
+from .data.dataset import ImageDataset
+from .data.degrade import degrader_from_config, variant_name
+from .data.samples import Split
+from .data.sources import load_split
+from .data.splits import holdout_split, labelled_split
+from .data.transforms import Transform
 from .errors import ConfigError
-from .feature_cache import CachedBackbone, stage_layers
-from .figures import pick_examples, save_examples
-from .methods import AnomalyDetector, method_class
+from .features.backbones import Backbone
+from .features.cache import CachedBackbone, stage_layers
+from .methods import AnomalyDetector
+from .methods.scoring import Scored, check_fitted_finite, score_batches
 from .metrics import evaluate
-from .model_io import save_model
-from .predict import calibrate_threshold, check_finite_prediction, check_fitted_finite
-from .records import config_hash, find_record, git_commit, library_versions, write_record
-from .transforms import Transform
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
-    return torch.device(name)
-
-
-def build_backbone(cfg: DictConfig, layers: list[str]) -> Backbone:
-    return Backbone(cfg.name, layers, pretrained=cfg.get("pretrained", True), weights=cfg.get("weights"))
-
-
-def method_params(method_cfg: DictConfig) -> dict[str, Any]:
-    params = OmegaConf.to_container(method_cfg, resolve=True)
-    params.pop("name", None)
-    params.pop("labelled_anomalies", None)  # a data split the runner makes, see labelled_split
-    return params
-
-
-def build_method(method_cfg: DictConfig, backbone: Backbone, device: torch.device) -> AnomalyDetector:
-    """Instantiate ``method.name`` with the other ``method.*`` keys as constructor arguments."""
-    cls = method_class(method_cfg.name)
-    params = method_params(method_cfg)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "backbone", "device"}
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise ConfigError(f"method={method_cfg.name}: unknown key(s) {', '.join('method.' + k for k in unknown)}; valid: {', '.join(sorted(accepted))}")
-    return cls(backbone=backbone, device=device, **params)
+from .results.figures import pick_examples, save_examples
+from .results.records import (
+    config_hash,
+    find_record,
+    git_commit,
+    library_versions,
+    write_record,
+)
+from .serving.model_io import save_model
+from .serving.threshold import calibrate_threshold
 
 
 def feature_map_shapes(backbone: Backbone, size: int) -> list[list]:
@@ -74,72 +55,13 @@ def loader(dataset: ImageDataset, cfg: DictConfig, shuffle: bool = False) -> tor
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def score_test_set(method: AnomalyDetector, batches, device: torch.device) -> dict[str, Any]:
-    """Predict every test batch; time the model alone and the whole loop."""
-    labels, scores, masks, maps = [], [], [], []
-    model_seconds, start = 0.0, time.perf_counter()
-    for batch in batches:
-        _sync(device)
-        t0 = time.perf_counter()
-        prediction = method.predict(batch["image"])
-        _sync(device)
-        model_seconds += time.perf_counter() - t0
-        check_finite_prediction(method, prediction.image_scores, prediction.maps, list(batch["path"]))
-        labels.append(np.asarray(batch["label"]))
-        scores.append(prediction.image_scores)
-        masks.append(batch["mask"].numpy().astype(bool))
-        if prediction.maps is not None:
-            maps.append(prediction.maps)
-    total = time.perf_counter() - start
-    n = sum(len(x) for x in labels)
-    return {
-        "labels": np.concatenate(labels),
-        "scores": np.concatenate(scores),
-        "masks": np.concatenate(masks),
-        "maps": np.concatenate(maps) if maps else None,
-        "model_images_per_s": n / model_seconds,
-        "end_to_end_images_per_s": n / total,
-    }
-
-
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _partition(samples: list, indices: set[int]) -> tuple[list, list]:
-    """(samples at ``indices``, the others), both in their original order."""
-    return [s for i, s in enumerate(samples) if i in indices], [s for i, s in enumerate(samples) if i not in indices]
-
-
-def holdout_split(samples: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(fit, held out): ``fraction`` of ``samples`` (at least one) held out, drawn with ``seed``."""
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"threshold.holdout must be in (0, 1), got {fraction}")
-    if len(samples) < 2:
-        raise ConfigError(f"threshold.holdout needs at least 2 training images to hold one out, found {len(samples)}")
-    n_out = min(len(samples) - 1, max(1, round(fraction * len(samples))))
-    held = set(np.random.default_rng(seed).permutation(len(samples))[:n_out].tolist())
-    taken, rest = _partition(samples, held)
-    return rest, taken
-
-
-def labelled_split(test: list, n: int, seed: int) -> tuple[list, list]:
-    """(labelled, remaining test): ``n`` anomalous test samples drawn with ``seed`` move to training
-    (semi-supervised methods); they leave the test set, which keeps at least one anomaly."""
-    anomalous = [i for i, s in enumerate(test) if s.label == 1]
-    if not 0 < n < len(anomalous):
-        raise ConfigError(f"method.labelled_anomalies={n}: the test set has {len(anomalous)} anomalies; "
-                          "take at least 1 and leave at least 1 for testing")
-    return _partition(test, set(np.random.default_rng(seed).choice(anomalous, n, replace=False).tolist()))
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one config end to end and write its record; returns the record."""
+    validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     device = resolve_device(cfg.device)
     config["device"] = device.type
@@ -149,10 +71,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results_dir = Path(cfg.results_dir)
     existing = find_record(results_dir, digest)
     if existing is not None and not cfg.force and not (save_path and not save_path.exists()):
-        print(f"record exists for this config ({existing}); skipping (force=true reruns)")
-        import json
-
-        return json.loads(existing.read_text())
+        record = json.loads(existing.read_text())
+        print(f"record exists for this config; not rerun (force=true reruns it):\n{_summary(record, existing)}")
+        return record
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -164,7 +85,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         backbone = cache = CachedBackbone(build_backbone(cfg.backbone, every_stage), cfg.cache_dir, layers)
     else:
         backbone, cache = build_backbone(cfg.backbone, layers), None
-    method = build_method(cfg.method, backbone, device)
+    method = build_method(cfg.method, backbone, device, cfg.backbone)
     transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
     fit_samples, held_out = holdout_split(split.train, cfg.threshold.holdout, cfg.seed) if save_path else (split.train, [])
     labelled, test_samples = [], split.test
@@ -181,15 +102,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cache is not None:  # dataset images may be written to the feature cache
         train_batches, test_batches = cache.track(train_batches), cache.track(test_batches)
     method.fit(train_batches)
-    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     fit_seconds = time.perf_counter() - start
     check_fitted_finite(method)
     fit_cache = dict(cache.counts) if cache is not None else {}
     method.compute_maps = split.has_masks  # image-level data: methods may skip their pixel maps
-    out = score_test_set(method, test_batches, device)
+    out = score_batches(method, test_batches, "test images")
 
-    pixel = split.has_masks and method.pixel_level and out["maps"] is not None
-    metrics = evaluate(out["labels"], out["scores"], out["masks"] if pixel else None, out["maps"] if pixel else None)
+    pixel = split.has_masks and method.pixel_level and out.maps is not None
+    metrics = evaluate(out.labels, out.scores, out.masks if pixel else None, out.maps if pixel else None)
     bank_shape = list(method.memory_bank_shape)
     record = {
         "method": cfg.method.name,
@@ -213,8 +135,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "fit_seconds": fit_seconds,
         "fit_info": method.fit_info,
         "throughput": {
-            "model_images_per_s": out["model_images_per_s"],
-            "end_to_end_images_per_s": out["end_to_end_images_per_s"],
+            "model_images_per_s": out.model_images_per_s,
+            "end_to_end_images_per_s": out.end_to_end_images_per_s,
         },
         "memory_bank": {
             "shape": bank_shape,
@@ -265,16 +187,16 @@ def _cache_summary(cache: CachedBackbone | None, fit_counts: dict[str, int]) -> 
     return {**cache.summary(), "fit": fit, "test": test}
 
 
-def _save_figure(results_dir: Path, record: dict, test: ImageDataset, transform: Transform, out: dict, count: int, pixel: bool) -> None:
-    chosen = pick_examples(out["labels"], count)
+def _save_figure(results_dir: Path, record: dict, test: ImageDataset, transform: Transform, out: Scored, count: int, pixel: bool) -> None:
+    chosen = pick_examples(out.labels, count)
     images = np.stack([transform.denormalize(test[i]["image"]).permute(1, 2, 0).numpy() for i in chosen])
     name = f"{record['dataset']}_{record['category']}_{record['method']}_{record['config_hash']}.png".replace("/", "-")
     save_examples(
         results_dir / "figures" / name,
         images,
-        out["masks"][chosen] if pixel else None,
-        out["maps"][chosen] if out["maps"] is not None else None,
-        out["scores"][chosen],
+        out.masks[chosen] if pixel else None,
+        out.maps[chosen] if out.maps is not None else None,
+        out.scores[chosen],
         f"{record['method']} · {record['backbone']} · {record['dataset']}/{record['category']}",
     )
 

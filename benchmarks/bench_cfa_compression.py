@@ -29,36 +29,41 @@ PAPER = {1.0: (98.45, 48), 0.5: (98.44, 93), 0.25: (98.44, 132), 0.125: (98.36, 
 def measure(gamma: float, args: argparse.Namespace) -> dict:
     from hydra import compose, initialize_config_dir
 
-    from adbench.__main__ import CONF_DIR
-    from adbench.datasets import ImageDataset
+    from adbench.config import conf_dir
+    from adbench.data.dataset import ImageDataset
     from adbench.metrics import evaluate
-    from adbench.runner import _sync, build_backbone, build_method, load_data, loader, resolve_device, score_test_set
-    from adbench.transforms import Transform
+    from adbench.config.build import build_backbone, build_method, resolve_device
+    from adbench.methods.scoring import score_batches
+    from adbench.runner import load_data, loader
+    from adbench.data.transforms import Transform
 
     overrides = ["experiment=cfa_compression", f"method.gamma_d={gamma}", f"dataset={args.dataset}", f"device={args.device}", *args.overrides]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     split = load_data(cfg)
     backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, device)
+    method = build_method(cfg.method, backbone, device, cfg.backbone)
     transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
     start = time.perf_counter()
     method.fit(loader(ImageDataset(split.train, transform), cfg))
-    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     fit_seconds = time.perf_counter() - start
 
     batches = list(loader(ImageDataset(split.test, transform), cfg))  # decoded once: timing covers the model only
-    out = score_test_set(method, batches, device)
-    metrics = evaluate(out["labels"], out["scores"], out["masks"], out["maps"])
-    n_images, walls, cpus = len(out["labels"]), [], []
+    out = score_batches(method, batches)
+    metrics = evaluate(out.labels, out.scores, out.masks, out.maps)
+    n_images, walls, cpus = len(out.labels), [], []
     for _ in range(args.repeats):
-        _sync(device)
+        if device.type == "cuda":
+        torch.cuda.synchronize(device)
         wall, cpu = time.perf_counter(), time.process_time()
         for batch in batches:
             method.predict(batch["image"])
-        _sync(device)
+        if device.type == "cuda":
+        torch.cuda.synchronize(device)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     vectors, dims = method.memory_bank_shape

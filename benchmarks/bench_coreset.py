@@ -22,7 +22,7 @@ import time
 import torch
 
 from _common import bottle_patch_features, save
-from adbench.coreset import greedy_coreset, greedy_coreset_full, greedy_coreset_reference, project
+from adbench.features.coreset import greedy_coreset, greedy_coreset_full, greedy_coreset_reference, project
 
 
 def timed(fn, *args):

@@ -24,8 +24,8 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from adbench.__main__ import CONF_DIR  # noqa: E402
-from adbench.backbones import Backbone  # noqa: E402
+from adbench.config import conf_dir  # noqa: E402
+from adbench.features.backbones import Backbone  # noqa: E402
 from adbench.methods import available_methods  # noqa: E402
 from adbench.runner import run  # noqa: E402
 
@@ -67,7 +67,7 @@ def one_pass(methods: list[str], overrides: list[str], per_method: dict[str, lis
         cfg_overrides = [f"method={method}", *overrides, *per_method.get(method, []), f"results_dir={results}", "figures=0", "force=true"]
         if cache_dir is not None:
             cfg_overrides.append(f"cache_dir={cache_dir}")
-        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             cfg = compose(config_name="config", overrides=cfg_overrides)
         start = time.perf_counter()
         with ForwardCounter() as counter:

@@ -31,11 +31,13 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from adbench.__main__ import CONF_DIR  # noqa: E402
-from adbench.datasets import ImageDataset  # noqa: E402
+from adbench.config import conf_dir  # noqa: E402
+from adbench.data.dataset import ImageDataset  # noqa: E402
 from adbench.methods import available_methods  # noqa: E402
-from adbench.runner import build_backbone, build_method, load_data, loader, resolve_device, score_test_set  # noqa: E402
-from adbench.transforms import Transform  # noqa: E402
+from adbench.config.build import build_backbone, build_method, resolve_device  # noqa: E402
+from adbench.methods.scoring import score_batches  # noqa: E402
+from adbench.runner import load_data, loader  # noqa: E402
+from adbench.data.transforms import Transform  # noqa: E402
 
 SKIP = {"ensemble"}  # needs a list of members
 DEFAULTS = ["backbone=wide_resnet50_2", "backbone.pretrained=false", "dataset=synthetic", "dataset.size=256",
@@ -62,7 +64,7 @@ def measure(cfg, device: torch.device) -> dict:
     """Fit, warm up, then time the scoring of the test set; peak GPU memory of each phase."""
     split = load_data(cfg)
     backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, device)
+    method = build_method(cfg.method, backbone, device, cfg.backbone)
     transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
     train, test = ImageDataset(split.train, transform), ImageDataset(split.test, transform)
     test_batches = list(loader(test, cfg))  # decoded once: the timing below is the model's, not PNG decoding
@@ -77,10 +79,10 @@ def measure(cfg, device: torch.device) -> dict:
 
     method.predict(test_batches[0]["image"])  # warm-up: kernels, allocator, cuDNN choices
     _sync_and_reset(device)
-    out = score_test_set(method, test_batches, device)
+    out = score_batches(method, test_batches)
     return {
-        "images_per_s": out["model_images_per_s"],
-        "end_to_end_images_per_s": out["end_to_end_images_per_s"],
+        "images_per_s": out.model_images_per_s,
+        "end_to_end_images_per_s": out.end_to_end_images_per_s,
         "fit_s": fit_s,
         "peak_gpu_fit_bytes": peak_fit,
         "peak_gpu_predict_bytes": _peak(device),
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE", help="an override for one method only")
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "gpu.json"))
     args = parser.parse_args(argv)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         base = compose(config_name="config", overrides=[*DEFAULTS, *args.overrides])
     if base.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs CUDA (torch.cuda.is_available() is False); device=cpu gives a CPU dry run")
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             overrides = [*DEFAULTS, f"dataset.root={data}", *args.overrides, f"method={method}", *per_method.get(method, [])]
             print(f"--- {method}: {' '.join(overrides)}", flush=True)
             try:
-                with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+                with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
                     cfg = compose(config_name="config", overrides=overrides)
                 torch.manual_seed(cfg.seed)
                 row = {"method": method, "overrides": overrides, **measure(cfg, resolve_device(cfg.device))}

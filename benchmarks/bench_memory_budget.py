@@ -47,7 +47,8 @@ def proc_status(field: str) -> int:
 
 
 def test_images(count: int, transform) -> torch.Tensor:
-    from adbench.datasets import ImageDataset, load_mvtec
+    from adbench.data.dataset import ImageDataset
+    from adbench.data.sources import load_mvtec
 
     split = load_mvtec(None, "bottle")
     chosen = [split.test[int(i)] for i in np.linspace(0, len(split.test) - 1, count)]
@@ -60,17 +61,18 @@ def fit_full_bank(path: Path) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from adbench.__main__ import CONF_DIR
-    from adbench.datasets import ImageDataset
-    from adbench.model_io import save_model
-    from adbench.runner import build_backbone, build_method, load_data, loader
-    from adbench.transforms import Transform
+    from adbench.config import conf_dir
+    from adbench.data.dataset import ImageDataset
+    from adbench.serving.model_io import save_model
+    from adbench.config.build import build_backbone, build_method
+    from adbench.runner import load_data, loader
+    from adbench.data.transforms import Transform
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         cfg = compose(config_name="config", overrides=["method=patchcore", "dataset=mvtec", "method.coreset_ratio=1.0", "device=cpu"])
     split = load_data(cfg)
     backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, torch.device("cpu"))
+    method = build_method(cfg.method, backbone, torch.device("cpu"), cfg.backbone)
     transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
     start = time.perf_counter()
     method.fit(loader(ImageDataset(split.train, transform), cfg))
@@ -82,8 +84,8 @@ def fit_full_bank(path: Path) -> dict:
 
 def measure(model: Path, fraction: float, backend: str, budget: int, count: int) -> dict:
     """One measurement (run in a fresh process by ``main``)."""
-    from adbench.model_io import load_model
-    from adbench.nn_search import NearestNeighbours
+    from adbench.serving.model_io import load_model
+    from adbench.features.nn_search import NearestNeighbours
 
     saved = load_model(model)
     method = saved.method
@@ -140,7 +142,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or Path(tmp) / "patchcore_full.safetensors"
         if model.is_file():
-            from adbench.model_io import read_model_meta
+            from adbench.serving.model_io import read_model_meta
 
             fit = read_model_meta(model)["info"]
         else:

@@ -88,7 +88,7 @@ def table(rows: dict[str, dict]) -> str:
 
 def padim_memory(dim: int, n_train: int, size: int, device: str) -> dict:
     """Fit and score PaDiM (WRN50-2 layers 1-3, random weights) and report its memory and time."""
-    from adbench.backbones import Backbone
+    from adbench.features.backbones import Backbone
     from adbench.methods import method_class
 
     layers = ["layer1", "layer2", "layer3"]

@@ -15,7 +15,7 @@ import time
 import torch
 
 from _common import save
-from adbench.nn_search import NearestNeighbours
+from adbench.features.nn_search import NearestNeighbours
 
 
 def best_time(fn, device: torch.device, repeats: int = 3) -> float:

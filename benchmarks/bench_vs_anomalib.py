@@ -25,14 +25,14 @@ SIZE, RATIO, LAYERS = 256, 0.1, ["blocks.2", "blocks.4"]
 def run_adbench(device: str, workdir: Path, ratio: float) -> dict:
     from hydra import compose, initialize_config_dir
 
-    from adbench.__main__ import CONF_DIR
+    from adbench.config import conf_dir
     from adbench.runner import run
 
     overrides = [
         "method=patchcore", "dataset=mvtec", f"dataset.resize={SIZE}", f"dataset.crop={SIZE}", f"method.coreset_ratio={ratio}",
         "method.reweight=true", "method.reweight_neighbors=9", f"device={device}", f"results_dir={workdir}", "figures=0", "force=true",
     ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         cfg = compose(config_name="config", overrides=overrides)
     start = time.perf_counter()
     record = run(cfg)
@@ -48,7 +48,7 @@ def run_anomalib(device: str, workdir: Path, ratio: float) -> dict:
     from anomalib.pre_processing import PreProcessor
     from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-    from adbench.backbones import load_pretrained_state
+    from adbench.features.backbones import load_pretrained_state
 
     pre = PreProcessor(transform=Compose([Resize((SIZE, SIZE), antialias=True), Normalize(mean=[0.5] * 3, std=[0.5] * 3)]))
     model = Patchcore(backbone="tf_efficientnet_lite0", layers=LAYERS, pre_trained=False, coreset_sampling_ratio=ratio, num_neighbors=9, pre_processor=pre, visualizer=False)

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from adbench.__main__ import CONF_DIR
+from adbench.config import conf_dir
 from adbench.runner import run
 
 
@@ -24,7 +24,7 @@ def data_root() -> Path:
 
 def make_config(overrides: list[str]) -> DictConfig:
     """The composed config for ``python -m adbench <overrides>``."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         return compose(config_name="config", overrides=overrides)
 
 

@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adbench.datasets import ImageDataset, load_split, make_synthetic, read_image
+from adbench.data.dataset import ImageDataset
+
+from adbench.data.samples import read_image
+
+from adbench.data.sources import load_split, make_synthetic
 from adbench.errors import DataError
 from adbench.methods.patchcore import PatchCore
-from adbench.predict import NonFiniteError
-from adbench.report import write_report
-from adbench.transforms import Transform
+from adbench.methods.scoring import NonFiniteError
+from adbench.results.report import write_report
+from adbench.data.transforms import Transform
 from conftest import run_overrides
 
 SIZE = 32

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adbench.benchmark_sets import BTAD_PRODUCTS, MPDD_CATEGORIES, VISA_CATEGORIES, VISA_GROUPS, load_btad, load_mpdd, load_visa
-from adbench.datasets import ImageDataset, load_split
+from adbench.data.benchmark_sets import BTAD_PRODUCTS, MPDD_CATEGORIES, VISA_CATEGORIES, VISA_GROUPS, load_btad, load_mpdd, load_visa
+from adbench.data.dataset import ImageDataset
+from adbench.data.sources import load_split
 from adbench.errors import ConfigError, DataError
-from adbench.transforms import Transform
+from adbench.data.transforms import Transform
 from conftest import make_config
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from adbench.backbones import Backbone
+from adbench.features.backbones import Backbone
 from adbench.errors import ConfigError
 from adbench.methods import method_class
 from adbench.methods.cfa import attraction_loss, greedy_nearest, repulsion_loss
@@ -52,7 +52,7 @@ def test_cfa_loss_uses_k_nearest_then_next_j_centres(backbone) -> None:
     features[0, :2] = rng.normal(size=(2, 2, 2))
     bank = np.zeros((7, dim), np.float32)
     bank[:, :2] = rng.normal(size=(7, 2))
-    from adbench.nn_search import NearestNeighbours
+    from adbench.features.nn_search import NearestNeighbours
 
     index = NearestNeighbours("torch").fit(torch.from_numpy(bank))
     loss = model.cfa_loss(head, torch.from_numpy(features), torch.from_numpy(bank), index)

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adbench.datasets import ImageDataset, load_folder, make_synthetic
+from adbench.data.dataset import ImageDataset
+
+from adbench.data.sources import load_folder, make_synthetic
 from adbench.errors import ConfigError, DataError
-from adbench.report import write_report
-from adbench.transforms import Transform
+from adbench.results.report import write_report
+from adbench.data.transforms import Transform
 from conftest import make_config, run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,8 +42,8 @@ def test_cli_end_to_end_and_report(tmp_path) -> None:
     assert (tmp_path / "res" / "figures" / record_file.with_suffix(".png").name).stat().st_size > 10_000
     # the same config again is skipped, force=true reruns
     again = adbench("adbench", "dataset=synthetic", f"dataset.root={data}", "method.coreset_ratio=0.2", "results_dir=res", cwd=tmp_path)
-    assert "skipping" in again.stdout
-    report = adbench("adbench.report", "--results", "res", cwd=tmp_path)
+    assert again.returncode == 0 and "not rerun" in again.stdout and "I-AUROC" in again.stdout and record_file.name in again.stdout
+    report = adbench("adbench.report", "results_dir=res", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "res" / "LEADERBOARD.md").read_text()
     assert "## synthetic · tf_efficientnet_lite0 · 128 px" in text
@@ -50,7 +52,7 @@ def test_cli_end_to_end_and_report(tmp_path) -> None:
 
 
 def test_report_marks_runs_on_an_oversubscribed_machine() -> None:
-    from adbench.report import contended
+    from adbench.results.report import contended
 
     record = {"cpu_count": 2, "load_average": [3.5, 2.0, 1.0]}
     assert contended(record) and not contended({**record, "load_average": [2.9, 9.0, 9.0]})
@@ -101,8 +103,8 @@ def test_failed_run_keeps_existing_results(tmp_path) -> None:
     before = {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()}
     write_report(tmp_path)
     report_before = (tmp_path / "LEADERBOARD.md").read_bytes()
-    Image.new("RGB", (8, 8)).save(data / "stripes" / "train" / "good" / "zz.png")
-    (data / "stripes" / "train" / "good" / "zz.png").write_bytes(b"not a png")
+    (generated,) = data.glob("stripes-*")  # the synthetic set's cache folder
+    (generated / "stripes" / "train" / "good" / "zz.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="zz.png"):
         run_overrides(["dataset=synthetic", f"dataset.root={data}", "method.coreset_ratio=0.3"], tmp_path)
     assert {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()} == before

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from adbench.records import load_records
-from adbench.report import write_report
+from adbench.results.records import load_records
+from adbench.results.report import write_report
 
 REPO = Path(__file__).resolve().parent.parent
 RATIOS = [0.2, 0.4, 0.6, 0.8, 1.0]

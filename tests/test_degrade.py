@@ -10,12 +10,16 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from adbench.datasets import ImageDataset, Sample, make_synthetic
-from adbench.degrade import SEVERITIES, Degradation, Degrader, degrader_from_config, parse_degrade, variant_name
+from adbench.data.dataset import ImageDataset
+
+from adbench.data.samples import Sample
+
+from adbench.data.sources import make_synthetic
+from adbench.data.degrade import SEVERITIES, Degradation, Degrader, degrader_from_config, parse_degrade, variant_name
 from adbench.errors import ConfigError
-from adbench.report import render
-from adbench.report_degraded import clean_twin_hash, degradation_section
-from adbench.transforms import Transform
+from adbench.results.report import render
+from adbench.results.degraded import clean_twin_hash, degradation_section
+from adbench.data.transforms import Transform
 from conftest import run_overrides
 
 

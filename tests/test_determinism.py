@@ -10,7 +10,7 @@ import torch
 
 from adbench import runner
 from adbench.methods import available_methods
-from adbench.nn_search import NearestNeighbours
+from adbench.features.nn_search import NearestNeighbours
 from conftest import run_overrides
 from test_model_io import fit_tiny, shared_fit, tiny_config
 
@@ -25,23 +25,23 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 def test_runs_with_one_seed_score_identically(synthetic_root, tmp_path, monkeypatch) -> None:
     outputs = []
-    score = runner.score_test_set
+    score = runner.score_batches
 
     def keep(*args, **kwargs):
         outputs.append(score(*args, **kwargs))
         return outputs[-1]
 
-    monkeypatch.setattr(runner, "score_test_set", keep)
+    monkeypatch.setattr(runner, "score_batches", keep)
     overrides = [*RUN, f"dataset.root={synthetic_root}"]
     first = run_overrides([*overrides, "seed=7"], tmp_path / "a")
     second = run_overrides([*overrides, "seed=7"], tmp_path / "b")
     other = run_overrides([*overrides, "seed=8"], tmp_path / "c")  # same data (dataset.seed=0), other coreset
     assert first["seed"] == second["seed"] == first["config"]["seed"] == 7 and other["seed"] == 8
     assert first["config_hash"] == second["config_hash"] != other["config_hash"]
-    np.testing.assert_array_equal(outputs[0]["scores"], outputs[1]["scores"])
-    np.testing.assert_array_equal(outputs[0]["maps"], outputs[1]["maps"])
+    np.testing.assert_array_equal(outputs[0].scores, outputs[1].scores)
+    np.testing.assert_array_equal(outputs[0].maps, outputs[1].maps)
     assert first["metrics"] == second["metrics"]
-    assert not np.array_equal(outputs[0]["scores"], outputs[2]["scores"])  # the seed does reach the method
+    assert not np.array_equal(outputs[0].scores, outputs[2].scores)  # the seed does reach the method
 
 
 @pytest.mark.parametrize("name", available_methods())

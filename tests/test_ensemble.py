@@ -7,10 +7,11 @@ import pytest
 import torch
 from scipy.stats import median_abs_deviation
 
-from adbench.backbones import Backbone
+from adbench.features.backbones import Backbone
+from adbench.config.build import build_method
 from adbench.errors import ConfigError
 from adbench.methods.ensemble import Ensemble, modified_z, robust_stats
-from tests.conftest import run_overrides
+from conftest import run_overrides
 
 RANDOM_RESNET = {"name": "resnet18", "pretrained": False, "weights": None, "patch_layers": ["layer2", "layer3"]}
 LAYERS = ["layer2", "layer3"]
@@ -42,13 +43,18 @@ def _members():
     ]
 
 
+def make_ensemble(backbone: Backbone, members: list, run_backbone: dict | None = RANDOM_RESNET, **params) -> Ensemble:
+    """Build as the runner does: the config layer builds the members from their specs."""
+    return build_method({"name": "ensemble", "layers": LAYERS, "members": members, **params}, backbone, torch.device("cpu"), run_backbone)
+
+
 def _batches(x: torch.Tensor, size: int = 4) -> list[dict]:
     return [{"image": chunk} for chunk in x.split(size)]
 
 
 def test_ensemble_is_the_mean_of_members_modified_z_scores(backbone, images):
     train, test = images
-    ensemble = Ensemble(backbone, LAYERS, _members(), run_backbone=RANDOM_RESNET).fit(_batches(train))
+    ensemble = make_ensemble(backbone, _members()).fit(_batches(train))
     assert all(member.backbone is backbone for member in ensemble.members)  # same backbone and layers: shared
     got = ensemble.predict(test)
     expected_scores, expected_maps = [], []
@@ -63,13 +69,13 @@ def test_ensemble_is_the_mean_of_members_modified_z_scores(backbone, images):
     np.testing.assert_allclose(got.maps, np.mean(expected_maps, axis=0), rtol=1e-4, atol=1e-4)
     assert ensemble.memory_bank_bytes > sum(m.memory_bank_bytes for m in ensemble.members)
 
-    clone = Ensemble(backbone, LAYERS, _members(), run_backbone=RANDOM_RESNET).load_fitted_state(ensemble.fitted_state())
+    clone = make_ensemble(backbone, _members()).load_fitted_state(ensemble.fitted_state())
     np.testing.assert_allclose(clone.predict(test).image_scores, got.image_scores, rtol=1e-6)
 
 
 def test_holdout_calibration_fits_on_the_rest(backbone, images):
     train, _ = images
-    ensemble = Ensemble(backbone, LAYERS, _members()[:1], run_backbone=RANDOM_RESNET, calibration="holdout", holdout_fraction=0.25)
+    ensemble = make_ensemble(backbone, _members()[:1], calibration="holdout", holdout_fraction=0.25)
     ensemble.fit(_batches(train))
     assert ensemble.fit_info["calibration_images"] == 3
     member = ensemble.fit_info["members"][0]
@@ -77,7 +83,7 @@ def test_holdout_calibration_fits_on_the_rest(backbone, images):
 
 
 def test_memorising_member_is_refused(backbone, images):
-    ensemble = Ensemble(backbone, LAYERS, [{"method": "patchcore", "backbone": RANDOM_RESNET, "coreset_ratio": 1.0}], run_backbone=RANDOM_RESNET)
+    ensemble = make_ensemble(backbone, [{"method": "patchcore", "backbone": RANDOM_RESNET, "coreset_ratio": 1.0}])
     with pytest.raises(ValueError, match="MAD 0.*calibration=holdout"):
         ensemble.fit(_batches(images[0]))
 
@@ -89,13 +95,13 @@ def test_memorising_member_is_refused(backbone, images):
         ([{"backbone": "efficientnet_lite0"}], r"members\[0\] must be a mapping with a 'method' key"),
         ([{"method": "no_such_method", "backbone": RANDOM_RESNET}], "unknown method.members.0..method 'no_such_method'"),
         ([{"method": "patchcore", "backbone": "no_such_backbone"}], "unknown method.members.0..backbone"),
-        ([{"method": "patchcore", "backbone": RANDOM_RESNET, "no_such_key": 1}], "unknown key.*method.no_such_key"),
+        ([{"method": "patchcore", "backbone": RANDOM_RESNET, "no_such_key": 1}], r"unknown key.*members\[0\]\.no_such_key"),
         ([{"method": "patchcore"}], "names no backbone"),
     ],
 )
 def test_bad_member_specs_are_config_errors(backbone, members, message):
     with pytest.raises(ConfigError, match=message):
-        Ensemble(backbone, LAYERS, members)
+        make_ensemble(backbone, members, run_backbone=None)
 
 
 def test_ensemble_run_on_synthetic_data(tmp_path):

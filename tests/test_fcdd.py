@@ -10,8 +10,9 @@ import pytest
 import torch
 from scipy.signal.windows import gaussian
 
-from adbench.backbones import Backbone
-from adbench.datasets import ImageDataset, load_split
+from adbench.features.backbones import Backbone
+from adbench.data.dataset import ImageDataset
+from adbench.data.sources import load_split
 from adbench.errors import ConfigError
 from adbench.methods import method_class
 from adbench.methods.fcdd import (
@@ -25,7 +26,7 @@ from adbench.methods.fcdd import (
     receptive_upsample,
 )
 from adbench.metrics import evaluate
-from adbench.transforms import Transform
+from adbench.data.transforms import Transform
 from conftest import run_overrides
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adbench.backbones import Backbone
-from adbench.feature_cache import CachedBackbone, cache_size, image_keys, stage_layers
+from adbench.features.backbones import Backbone
+from adbench.features.cache import CachedBackbone, cache_size, image_keys, stage_layers
 from adbench.methods import method_class
 
 from conftest import run_overrides

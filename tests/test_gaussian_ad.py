@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from adbench.backbones import Backbone
+from adbench.features.backbones import Backbone
 from adbench.methods import method_class
 from conftest import run_overrides
 

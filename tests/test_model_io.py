@@ -18,13 +18,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from safetensors.torch import save_file
 
-from adbench.datasets import ImageDataset
+from adbench.data.dataset import ImageDataset
 from adbench.errors import ConfigError
 from adbench.methods import AnomalyDetector, available_methods
-from adbench.model_io import BACKBONE_PREFIX, ModelFileError, content_digest, load_model, read_model_meta, save_model
-from adbench.runner import build_backbone, build_method, load_data, loader
-from adbench.transforms import Transform
-from adbench.__main__ import CONF_DIR
+from adbench.files import content_digest
+from adbench.serving.model_io import BACKBONE_PREFIX, ModelFileError, load_model, read_model_meta, save_model
+from adbench.config.build import build_backbone, build_method
+from adbench.runner import load_data, loader
+from adbench.data.transforms import Transform
+from adbench.config import conf_dir
 from conftest import make_config
 
 # a tiny synthetic set and settings that keep every method to seconds on a CPU
@@ -34,7 +36,7 @@ TINY_METHOD = {"epochs": 1, "coreset_ratio": 0.25, "top_k": 3}  # applied to the
 
 def _tiny_keys(name: str) -> dict:
     """The ``TINY_METHOD`` settings that method ``name`` has."""
-    if not (Path(CONF_DIR) / "method" / f"{name}.yaml").is_file():
+    if not (Path(str(conf_dir())) / "method" / f"{name}.yaml").is_file():
         pytest.skip(f"method {name} has no conf/method/{name}.yaml yet, so no config to fit it with")
     defaults = make_config([f"method={name}"]).method
     return {k: v for k, v in TINY_METHOD.items() if k in defaults}
@@ -64,7 +66,7 @@ def fit_tiny(cfg: DictConfig) -> Fitted:
     np.random.seed(cfg.seed)
     split = load_data(cfg)
     backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, torch.device("cpu"))
+    method = build_method(cfg.method, backbone, torch.device("cpu"), cfg.backbone)
     transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
     method.fit(loader(ImageDataset(split.train, transform), cfg))
     test = next(iter(torch.utils.data.DataLoader(ImageDataset(split.test, transform), batch_size=len(split.test))))
@@ -154,7 +156,7 @@ def _rewrite(path: Path, out: Path, edit) -> Path:
         meta, tensors = json.loads(handle.metadata()["adbench"]), {k: handle.get_tensor(k) for k in handle.keys()}
     edit(meta, tensors)
     text = json.dumps(meta, sort_keys=True)
-    save_file(tensors, str(out), metadata={"adbench": text, "sha256": content_digest(text, tensors)})
+    save_file(tensors, str(out), metadata={"adbench": text, "sha256": content_digest(tensors, text.encode())})
     return out
 
 
@@ -268,7 +270,7 @@ def test_forged_files_are_still_validated(patchcore_file, tmp_path) -> None:
 def test_unfitted_method_cannot_be_saved(synthetic_root, tmp_path) -> None:
     cfg = tiny_config("patchcore", synthetic_root)
     backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, torch.device("cpu"))
+    method = build_method(cfg.method, backbone, torch.device("cpu"), cfg.backbone)
     with pytest.raises(ModelFileError, match="nothing fitted to save"):
         save_model(tmp_path / "m.safetensors", method, {"name": "patchcore"}, {"name": cfg.backbone.name}, Transform(64, 64))
     assert not list(tmp_path.iterdir())  # no partial file left behind

@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.spatial.distance import mahalanobis
 
-from adbench.backbones import Backbone
+from adbench.features.backbones import Backbone
 from adbench.errors import ConfigError, DataError
-from adbench.features import patch_features, random_channel_subset
+from adbench.features.patches import patch_features, random_channel_subset
 from adbench.methods import method_class
 from conftest import run_overrides
 

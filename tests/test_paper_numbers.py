@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from adbench.datasets import MVTEC_CATEGORIES, MVTEC_OBJECTS, MVTEC_TEXTURES
+from adbench.data.sources import MVTEC_CATEGORIES, MVTEC_OBJECTS, MVTEC_TEXTURES
 from adbench.errors import DataError
-from adbench.paper_numbers import MEMORY_BANK, compare, load_paper_numbers
-from adbench.report import render, write_report
+from adbench.results.paper_numbers import MEMORY_BANK, compare, load_paper_numbers
+from adbench.results.report import render, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = Path(os.environ.get("ADBENCH_SEEDS", REPO.parent / "shared" / "seeds"))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from adbench.backbones import Backbone
+from adbench.features.backbones import Backbone
 from adbench.methods import method_class
 from conftest import run_overrides
 

@@ -14,9 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from adbench.datasets import ImageDataset, Sample
-from adbench.model_io import load_model
-from adbench.predict import main as predict_main
+from adbench.data.dataset import ImageDataset
+
+from adbench.data.samples import Sample
+from adbench.serving.model_io import load_model
+from adbench.serving.predict import predict_folder
 from conftest import run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +33,8 @@ def saved(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("saved")
     model = base / "model.safetensors"
     record = run_overrides([*RUN, f"dataset.root={base / 'data'}", f"save_model={model}"], base / "results")
-    return {"base": base, "model": model, "record": record, "data": base / "data" / "stripes"}
+    (generated,) = (base / "data").glob("stripes-*")  # the synthetic set's cache folder
+    return {"base": base, "model": model, "record": record, "data": generated / "stripes"}
 
 
 def scores_of(model, paths: list[Path]) -> np.ndarray:
@@ -59,7 +62,7 @@ def test_threshold_comes_from_held_out_training_images(saved) -> None:
 def test_saving_run_reruns_only_for_a_new_model_path(saved, capsys) -> None:
     overrides = [*RUN, f"dataset.root={saved['base'] / 'data'}"]
     again = run_overrides([*overrides, f"save_model={saved['model']}"], saved["base"] / "results")
-    assert "skipping" in capsys.readouterr().out and again["config_hash"] == saved["record"]["config_hash"]
+    assert "not rerun" in capsys.readouterr().out and again["config_hash"] == saved["record"]["config_hash"]
     other = saved["base"] / "other.safetensors"
     rerun = run_overrides([*overrides, f"save_model={other}"], saved["base"] / "results")
     assert other.is_file() and rerun["saved_model"]["threshold"] == saved["record"]["saved_model"]["threshold"]
@@ -73,7 +76,7 @@ def test_predict_scores_a_messy_folder(saved, tmp_path) -> None:
     (folder / ".hidden.png").write_bytes(b"ignored")
     Image.open(folder / "good" / "000.png").convert("RGB").save(folder / "good" / "000.jpg", quality=95)  # same stem
     out = tmp_path / "out"
-    rows = predict_main([f"model={saved['model']}", f"images={folder}", f"out={out}", "device=cpu"])
+    rows = predict_folder(saved["model"], folder, out, device="cpu")
     with open(out / "scores.csv") as handle:
         table = list(csv.DictReader(handle))
     paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in (".png", ".jpg") and not p.name.startswith("."))
@@ -92,31 +95,35 @@ def test_predict_scores_a_messy_folder(saved, tmp_path) -> None:
         assert picture.size == (2 * 64, 64) and picture.mode == "RGB"
 
 
-def test_predict_errors_name_the_problem(saved, tmp_path, capsys) -> None:
-    folder = tmp_path / "imgs"
+def predict_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "adbench.predict", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_predict_errors_name_the_problem(saved, tmp_path) -> None:
+    folder, empty = tmp_path / "imgs", tmp_path / "empty"
     folder.mkdir()
+    empty.mkdir()
+    (tmp_path / "blocked").write_text("a file where the output folder should go")
     bad_args = {
         (f"model={tmp_path / 'nope.safetensors'}", f"images={saved['data'] / 'test'}"): "does not exist",
-        (f"model={saved['model']}",): "missing images=...",
-        (f"model={saved['model']}", f"images={folder}", "colour=red"): "unknown argument 'colour=red'",
-        (f"model={saved['model']}", f"images={folder}"): "no image files",
+        (f"model={saved['model']}",): "images=...: required",
+        (f"model={saved['model']}", f"images={folder}", "colour=red"): "colour",
+        (f"model={saved['model']}", f"images={folder}", "batch_size=0"): "batch_size=0: must be an integer >= 1",
+        (f"model={saved['model']}", f"images={saved['data'] / 'test'}", f"out={tmp_path / 'blocked' / 'out'}"): "not writable",
+        (f"model={saved['model']}", f"images={empty}"): "no image files",
     }
-    for args, message in bad_args.items():
-        with pytest.raises(SystemExit) as exit_info:
-            predict_main([*args, f"out={tmp_path / 'out'}"])
-        assert exit_info.value.code == 2 and message in capsys.readouterr().err
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(SystemExit):
-        predict_main([f"model={saved['model']}", f"images={folder}", f"out={tmp_path / 'out'}"])
-    assert f"cannot read image {folder / 'broken.png'}" in capsys.readouterr().err
+    bad_args[(f"model={saved['model']}", f"images={folder}")] = f"cannot read image {folder / 'broken.png'}"
+    for args, message in bad_args.items():
+        done = predict_cli(*args, cwd=tmp_path)
+        last = done.stderr.strip().splitlines()[-1]  # progress bars may precede it
+        assert done.returncode == 2 and last.startswith("adbench-predict: error: ") and message in last, (args, done.stderr)
+        assert "Traceback" not in done.stderr
 
 
 def test_predict_command_line(saved, tmp_path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "adbench.predict", f"model={saved['model']}", f"images={saved['data'] / 'test' / 'defect'}", "out=out", "overlays=false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = predict_cli(f"model={saved['model']}", f"images={saved['data'] / 'test' / 'defect'}", "out=out", "overlays=false", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     table = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert len(table) == 3 and all(r["anomalous"] == "1" and r["overlay"] == "" for r in table)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from adbench.backbones import Backbone
+from adbench.features.backbones import Backbone
 from adbench.errors import ConfigError
 from adbench.methods.reconpatch import (
     ReConPatch,
@@ -17,7 +17,7 @@ from adbench.methods.reconpatch import (
     pairwise_similarity,
     relaxed_contrastive_loss,
 )
-from tests.conftest import run_overrides
+from conftest import run_overrides
 
 
 def test_pairwise_similarity_by_hand():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adbench.backbones import Backbone
+from adbench.features.backbones import Backbone
 from adbench.errors import ConfigError
 from adbench.methods import method_class
 from conftest import run_overrides

@@ -12,9 +12,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from adbench.__main__ import CONF_DIR
-from adbench.datasets import MVTEC_CATEGORIES, make_synthetic
-from adbench.records import RECORDS_DIR, config_hash
+from adbench.config import conf_dir
+from adbench.data.sources import MVTEC_CATEGORIES, make_synthetic
+from adbench.results.records import RECORDS_DIR, config_hash
 from adbench.runner import run
 from conftest import make_config
 
@@ -67,7 +67,7 @@ def test_parallel_joblib_sweep_keeps_every_record_and_reruns_skip(tmp_path, caps
 
 def hydra_config(overrides: list[str]):
     """The composed config with its hydra node (sweeper params, launcher)."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 

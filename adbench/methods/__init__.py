@@ -10,10 +10,10 @@ import importlib
 import pkgutil
 
 from ..errors import unknown_choice
-from .base import AnomalyDetector, Prediction
+from .base import AnomalyDetector, NotFittedError, Prediction
 
 _REGISTRY: dict[str, type[AnomalyDetector]] = {}
-_NOT_METHODS = {"base"}
+_NOT_METHODS = {"base", "params", "scoring", "training"}  # helpers, not methods
 
 
 def register(name: str):
@@ -41,4 +41,4 @@ def method_class(name: str) -> type[AnomalyDetector]:
     return _REGISTRY[name]
 
 
-__all__ = ["AnomalyDetector", "Prediction", "available_methods", "method_class", "register"]
+__all__ = ["AnomalyDetector", "NotFittedError", "Prediction", "available_methods", "method_class", "register"]

@@ -11,7 +11,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..backbones import Backbone
+from ..errors import AdbenchError
+from ..features.backbones import Backbone
+
+
+class NotFittedError(AdbenchError, RuntimeError):
+    """``predict`` (or saving) before ``fit``."""
 
 
 @dataclass
@@ -26,13 +31,21 @@ class AnomalyDetector(ABC):
     """Base class: hyper-parameters in the constructor, a frozen ``Backbone`` shared by the pipeline.
 
     ``fit`` takes an iterable of batches (dicts with an ``image`` tensor (B, 3, H, W), as the
-    data loader yields them); ``predict`` takes normalised images and returns a Prediction.
+    data loader yields them); ``predict`` takes normalised images and returns a Prediction and
+    refuses to run before ``fit``. Subclasses implement ``_fit`` and ``_predict``.
+
+    What a method needs from the pipeline, declared as class attributes the runner reads:
+    ``pixel_level`` (it produces anomaly maps), ``learns_from_anomalies`` (it trains on labelled
+    anomalous images with masks when given some), ``member_key`` (the constructor argument that
+    takes other detectors, built by the config layer: ensembles).
     """
 
     name: ClassVar[str] = "base"
     pixel_level: ClassVar[bool] = True
-    # True for methods that train on labelled anomalies (label 1 + mask) when the runner passes some
     learns_from_anomalies: ClassVar[bool] = False
+    member_key: ClassVar[str | None] = None
+    # ranges / choices of constructor arguments, checked before any data is read (see params.py)
+    param_constraints: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, backbone: Backbone, layers: list[str], device: str | torch.device = "cpu"):
         missing = [layer for layer in layers if layer not in backbone.layers]
@@ -41,6 +54,7 @@ class AnomalyDetector(ABC):
         self.backbone, self.layers, self.device = backbone, list(layers), torch.device(device)
         self.backbone.to(self.device)
         self.fit_info: dict[str, Any] = {}
+        self.is_fitted = False
         # False: predict may skip its anomaly maps (the runner sets it for data without masks)
         self.compute_maps = True
 
@@ -54,13 +68,25 @@ class AnomalyDetector(ABC):
         for batch in tqdm(batches, desc=f"{self.name}: {desc}", leave=False):
             yield batch["image"]
 
-    @abstractmethod
     def fit(self, batches: Iterable[dict]) -> "AnomalyDetector":
         """Learn the model of normality from normal training images."""
+        self._fit(batches)
+        self.is_fitted = True
+        return self
 
-    @abstractmethod
     def predict(self, images: torch.Tensor) -> Prediction:
         """Score a batch of normalised images."""
+        if not self.is_fitted:
+            raise NotFittedError(f"{type(self).__name__}.predict called before fit (or load_fitted_state)")
+        return self._predict(images)
+
+    @abstractmethod
+    def _fit(self, batches: Iterable[dict]) -> None:
+        """Fit the method's state (called by ``fit``)."""
+
+    @abstractmethod
+    def _predict(self, images: torch.Tensor) -> Prediction:
+        """Image scores and maps of a fitted method (called by ``predict``)."""
 
     # --- fitted state (save / load): names of attributes holding tensors or nn.Modules -------------
     fitted_attributes: ClassVar[tuple[str, ...]] = ()
@@ -91,6 +117,7 @@ class AnomalyDetector(ABC):
                     raise KeyError(f"saved state lacks {attr!r}")
                 setattr(self, attr, state[attr].to(self.device))
         self._after_load()
+        self.is_fitted = True
         return self
 
     def _after_load(self) -> None:

@@ -41,10 +41,10 @@ from sklearn.cluster import KMeans
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..anomaly_maps import upsample_scores
 from ..errors import ConfigError, unknown_choice
-from ..features import flatten_patches, patch_features
-from ..nn_search import NearestNeighbours
+from ..features.maps import upsample_scores
+from ..features.nn_search import NearestNeighbours
+from ..features.patches import flatten_patches, patch_features
 from . import register
 from .base import AnomalyDetector, Prediction
 
@@ -111,6 +111,12 @@ def greedy_nearest(centres: torch.Tensor, candidates: torch.Tensor) -> torch.Ten
 
 @register("cfa")
 class CFA(AnomalyDetector):
+    param_constraints = {
+        "patch_size": "[1, inf)", "gamma_d": "(0, 1]", "gamma_c": "(0, 1]", "ema_beta": "(0, 1)", "num_neighbors": "[1, inf)",
+        "num_hard_negatives": "[0, inf)", "alpha": "[0, inf)", "radius_init": "[0, inf)", "epochs": "[0, inf)",
+        "train_batch_size": "[1, inf)", "lr": "(0, inf)", "weight_decay": "[0, inf)", "val_fraction": "[0, 1)",
+        "patience": "[1, inf)", "crop_fraction": "(0, 1]", "sigma": "[0, inf)", "nn_backend": ["auto", "faiss", "torch"], "seed": "[0, inf)",
+    }
     fitted_attributes = ("heads", "bank", "score_stats")
     default_views: tuple[str, ...] = ("resize",)
 
@@ -308,7 +314,7 @@ class CFA(AnomalyDetector):
         }
 
     # --- fit / predict ----------------------------------------------------------------------------
-    def fit(self, batches: Iterable[dict]) -> "CFA":
+    def _fit(self, batches: Iterable[dict]) -> None:
         start = time.perf_counter()
         cached: dict[str, list[torch.Tensor]] = {v: [] for v in self.views}
         for x in self.images(batches, "features"):  # the frozen backbone runs once per image and view
@@ -349,7 +355,6 @@ class CFA(AnomalyDetector):
             "feature_seconds": round(feature_seconds, 3),
             "views": per_view,
         }
-        return self
 
     def _after_load(self) -> None:
         self._indices = [NearestNeighbours(self.nn_backend, self.device).fit(bank) for bank in self.bank]
@@ -362,9 +367,7 @@ class CFA(AnomalyDetector):
         return (F.softmin(dist, dim=1)[:, 0] * dist[:, 0]).reshape(b, h, w)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Prediction:
-        if self.bank is None:
-            raise RuntimeError(f"{type(self).__name__}.predict called before fit")
+    def _predict(self, images: torch.Tensor) -> Prediction:
         images = images.to(self.device)
         size = tuple(images.shape[-2:])
         total = torch.zeros(images.shape[0], *size, device=self.device)

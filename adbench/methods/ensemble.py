@@ -17,26 +17,19 @@ Where the training scores come from (``calibration``):
 - ``holdout``: a seeded ``holdout_fraction`` of the training images is kept out of fitting and
   scored instead: unbiased statistics, at the price of fitting on fewer images.
 
-Members are configured like top-level methods: ``{method: NAME, backbone: NAME | {backbone config},
-KEY: VALUE ...}`` loads ``conf/method/NAME.yaml``, overrides its keys, and resolves its
-``${backbone.*}`` / ``${seed}`` against the member's backbone (``conf/backbone/NAME.yaml``; omitted =
-the run's backbone) and the ensemble's seed. A member whose backbone and layers match the run's
-reuses the backbone the runner built; the others build their own.
+Members are configured like top-level methods, ``{method: NAME, backbone: NAME | {backbone config},
+KEY: VALUE ...}``; the config layer builds them (``member_key``) and passes the fitted-to-be detectors in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from ..backbones import Backbone
 from ..errors import ConfigError, unknown_choice
-from ..runner import build_backbone, build_method
+from ..features.backbones import Backbone
 from . import register
 from .base import AnomalyDetector, Prediction
 
@@ -56,58 +49,20 @@ def modified_z(scores: np.ndarray, median: float, scale: float) -> np.ndarray:
     return (np.asarray(scores, dtype=np.float64) - median) / scale
 
 
-def _conf_dir() -> Path:
-    from ..__main__ import CONF_DIR  # the same config tree as the command line
-
-    return Path(CONF_DIR)
-
-
-def _load_group(group: str, name: str, key: str) -> DictConfig:
-    folder = _conf_dir() / group
-    path = folder / f"{name}.yaml"
-    if not path.is_file():
-        raise unknown_choice(key, name, [p.stem for p in folder.glob("*.yaml")])
-    return OmegaConf.load(path)
-
-
-def member_config(spec: dict[str, Any], run_backbone: dict[str, Any] | None, seed: int, index: int) -> tuple[DictConfig, DictConfig]:
-    """(method config, backbone config) of one member spec, interpolations resolved."""
-    key = f"method.members[{index}]"
-    if not isinstance(spec, dict) or "method" not in spec:
-        raise ConfigError(f"{key} must be a mapping with a 'method' key, e.g. {{method: patchcore, backbone: efficientnet_lite1}}; got {spec!r}")
-    overrides = dict(spec)
-    name, backbone = overrides.pop("method"), overrides.pop("backbone", None)
-    if name == "ensemble":
-        raise ConfigError(f"{key}: an ensemble cannot be a member of an ensemble")
-    if backbone is None:
-        if run_backbone is None:
-            raise ConfigError(f"{key} names no backbone and the ensemble was given no run_backbone")
-        backbone_cfg = OmegaConf.create(run_backbone)
-    elif isinstance(backbone, str):
-        backbone_cfg = _load_group("backbone", backbone, f"{key}.backbone")
-    else:
-        backbone_cfg = OmegaConf.create(dict(backbone))
-    method_cfg = OmegaConf.merge(_load_group("method", name, f"{key}.method"), overrides)
-    root = OmegaConf.create({"backbone": backbone_cfg, "seed": seed, "method": method_cfg})
-    try:
-        OmegaConf.resolve(root)
-    except Exception as exc:  # noqa: BLE001 - an unresolvable interpolation is a config error of this member
-        raise ConfigError(f"{key}: cannot resolve its config ({exc})") from exc
-    return root.method, root.backbone
-
-
 def _rebatch(images: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
     return [{"image": chunk} for chunk in images.split(batch_size)]
 
 
 @register("ensemble")
 class Ensemble(AnomalyDetector):
+    member_key = "members"
+    param_constraints = {"holdout_fraction": "(0, 1)", "seed": "[0, inf)"}
+
     def __init__(
         self,
         backbone: Backbone,
         layers: list[str],
-        members: Sequence[dict[str, Any]],
-        run_backbone: dict[str, Any] | None = None,
+        members: Sequence[AnomalyDetector],
         calibration: str = "train",
         holdout_fraction: float = 0.2,
         seed: int = 0,
@@ -121,20 +76,12 @@ class Ensemble(AnomalyDetector):
         if calibration == "holdout" and not 0.0 < holdout_fraction < 1.0:
             raise ConfigError(f"method.holdout_fraction must lie in (0, 1), got {holdout_fraction}")
         self.calibration, self.holdout_fraction, self.seed = calibration, holdout_fraction, seed
-        run_key = None if run_backbone is None else (run_backbone["name"], run_backbone.get("pretrained", True), run_backbone.get("weights"))
-        self.members: list[AnomalyDetector] = []
-        self.member_names: list[str] = []
-        for index, spec in enumerate(members):
-            method_cfg, backbone_cfg = member_config(dict(spec), run_backbone, seed, index)
-            key = (backbone_cfg.name, backbone_cfg.get("pretrained", True), backbone_cfg.get("weights"))
-            reuse = key == run_key and set(method_cfg.layers) <= set(backbone.layers)
-            member_backbone = backbone if reuse else build_backbone(backbone_cfg, list(method_cfg.layers))
-            self.members.append(build_method(method_cfg, member_backbone, self.device))
-            self.member_names.append(f"{method_cfg.name}@{backbone_cfg.name}")
+        self.members = list(members)
+        self.member_names = [f"{m.name}@{m.backbone.name}" for m in self.members]
         self.pixel_level = all(m.pixel_level for m in self.members)
         self.stats: torch.Tensor | None = None  # (members, 4): image median, image scale, map median, map scale
 
-    def fit(self, batches: Iterable[dict]) -> "Ensemble":
+    def _fit(self, batches: Iterable[dict]) -> None:
         batch_list = list(self.images(batches, "images"))  # decoded once, shared by every member
         batch_size = batch_list[0].shape[0]
         images = torch.cat(batch_list)
@@ -163,12 +110,9 @@ class Ensemble(AnomalyDetector):
                          "memory_bank_shape": list(member.memory_bank_shape), "memory_bank_bytes": int(member.memory_bank_bytes)})
         self.stats = torch.tensor(rows, dtype=torch.float64)
         self.fit_info = {"calibration": self.calibration, "calibration_images": int(calib_images.shape[0]), "members": info}
-        return self
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Prediction:
-        if self.stats is None:
-            raise RuntimeError("Ensemble.predict called before fit")
+    def _predict(self, images: torch.Tensor) -> Prediction:
         image_scores, maps = [], []
         for member, (im_median, im_scale, map_median, map_scale) in zip(self.members, self.stats.tolist()):
             prediction = member.predict(images)
@@ -191,6 +135,7 @@ class Ensemble(AnomalyDetector):
         for i, member in enumerate(self.members):
             prefix = f"members.{i}."
             member.load_fitted_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        self.is_fitted = True
         return self
 
     @property

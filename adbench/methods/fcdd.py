@@ -31,8 +31,8 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 from tqdm.auto import tqdm
 
-from ..backbones import Backbone
 from ..errors import ConfigError
+from ..features.backbones import Backbone
 from . import register
 from .base import AnomalyDetector, Prediction
 
@@ -180,6 +180,10 @@ def confetti(
 
 @register("fcdd")
 class FCDD(AnomalyDetector):
+    param_constraints = {
+        "epochs": "[0, inf)", "train_batch_size": "[1, inf)", "lr": "(0, inf)", "weight_decay": "[0, inf)",
+        "confetti_per_image": "[0, inf)", "confetti_blobs": "(0, inf)", "sigma": "[0, inf)", "seed": "[0, inf)",
+    }
     fitted_attributes = ("head",)
     learns_from_anomalies = True
 
@@ -291,7 +295,7 @@ class FCDD(AnomalyDetector):
             return pixel_hsc_loss(receptive_upsample(a, size, self.field(size), self.sigma), masks)
         return hsc_loss(a, labels)
 
-    def fit(self, batches: Iterable[dict]) -> "FCDD":
+    def _fit(self, batches: Iterable[dict]) -> None:
         generator = torch.Generator().manual_seed(self.seed)
         start = time.perf_counter()
         data = self._training_set(batches, generator)
@@ -310,7 +314,6 @@ class FCDD(AnomalyDetector):
             "receptive_offset": field.offset,
             "head_parameters": self.memory_bank_shape[0],
         }
-        return self
 
     def _train(self, data: dict, generator: torch.Generator) -> float:
         """Adam on the head: each step takes a batch of normal features and as many anomalies
@@ -336,7 +339,7 @@ class FCDD(AnomalyDetector):
         return total / steps
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Prediction:
+    def _predict(self, images: torch.Tensor) -> Prediction:
         size = tuple(images.shape[-2:])
         maps = receptive_upsample(self.heatmap(self.features(images)), size, self.field(size), self.sigma)
         scores = maps.flatten(1).mean(1) if self.image_score == "mean" else maps.flatten(1).amax(1)

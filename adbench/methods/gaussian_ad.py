@@ -43,7 +43,7 @@ class GaussianAD(AnomalyDetector):
             m, p = m + c, p + c * c
 
     @torch.no_grad()
-    def fit(self, batches: Iterable[dict]) -> "GaussianAD":
+    def _fit(self, batches: Iterable[dict]) -> None:
         pooled = [torch.cat(stage).double().cpu().numpy() for stage in zip(*(self.embed(x) for x in self.images(batches, "features")))]
         if not pooled or pooled[0].shape[0] < 2:
             raise ValueError(f"Gaussian AD needs at least 2 training images, got {pooled[0].shape[0] if pooled else 0}")
@@ -51,7 +51,6 @@ class GaussianAD(AnomalyDetector):
         self.mean = torch.from_numpy(np.concatenate([e.location_ for e in estimates])).to(self.device)
         self.precision = torch.from_numpy(np.concatenate([e.precision_.ravel() for e in estimates])).to(self.device)
         self.fit_info = {"images": int(pooled[0].shape[0]), "shrinkage": [float(e.shrinkage_) for e in estimates]}
-        return self
 
     def mahalanobis(self, pooled: list[torch.Tensor]) -> torch.Tensor:
         """(B, L) Mahalanobis distance of each image's pooled stage features to that stage's Gaussian."""
@@ -62,9 +61,7 @@ class GaussianAD(AnomalyDetector):
         return torch.stack(out, 1)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Prediction:
-        if self.mean is None:
-            raise RuntimeError("GaussianAD.predict called before fit")
+    def _predict(self, images: torch.Tensor) -> Prediction:
         scores = self.mahalanobis(self.embed(images)).sum(1)
         return Prediction(scores.cpu().numpy())
 

@@ -32,9 +32,9 @@ import torch
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
-from ..anomaly_maps import upsample_scores
 from ..errors import ConfigError, DataError
-from ..features import patch_features, random_channel_subset
+from ..features.maps import upsample_scores
+from ..features.patches import patch_features, random_channel_subset
 from . import register
 from .base import AnomalyDetector, Prediction
 
@@ -57,6 +57,7 @@ def inverse_lower(factors: torch.Tensor) -> torch.Tensor:
 
 @register("padim")
 class PaDiM(AnomalyDetector):
+    param_constraints = {"dim": "[1, inf)", "eps": "(0, inf)", "sigma": "[0, inf)", "block_bytes": "[1, inf)", "seed": "[0, inf)"}
     fitted_attributes = ("channel_index", "grid", "mean", "inverse_factor")
 
     def __init__(
@@ -101,7 +102,7 @@ class PaDiM(AnomalyDetector):
             )
 
     @torch.no_grad()
-    def fit(self, batches: Iterable[dict]) -> "PaDiM":
+    def _fit(self, batches: Iterable[dict]) -> None:
         self.grid = None
         count, shift, total, scatter = 0, None, None, None
         for images in self.images(batches, "features"):
@@ -129,7 +130,6 @@ class PaDiM(AnomalyDetector):
         self.mean = (shift + offset).squeeze(1)
         self.inverse_factor = scatter
         self.fit_info = {"images": count, "positions": int(scatter.shape[0]), "dim": self.dim}
-        return self
 
     def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
         """(B, h, w) Mahalanobis distance of each embedding vector to its position's Gaussian."""
@@ -141,9 +141,7 @@ class PaDiM(AnomalyDetector):
         return scores.T.reshape(b, h, w)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Prediction:
-        if self.inverse_factor is None:
-            raise RuntimeError("PaDiM.predict called before fit")
+    def _predict(self, images: torch.Tensor) -> Prediction:
         self._check_size(images, "predict")
         scores = self.patch_scores(self.embed(images))
         maps = upsample_scores(scores, tuple(images.shape[-2:]), self.sigma)

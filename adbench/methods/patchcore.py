@@ -13,16 +13,21 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from ..anomaly_maps import upsample_scores
-from ..coreset import coreset_indices
-from ..features import flatten_patches, patch_features
-from ..nn_search import NearestNeighbours
+from ..features.coreset import coreset_indices
+from ..features.maps import upsample_scores
+from ..features.nn_search import NearestNeighbours
+from ..features.patches import flatten_patches, patch_features
 from . import register
 from .base import AnomalyDetector, Prediction
 
 
 @register("patchcore")
 class PatchCore(AnomalyDetector):
+    param_constraints = {
+        "patch_size": "[1, inf)", "embed_dim": "[1, inf)", "coreset_ratio": "(0, 1]", "proj_dim": "[1, inf)",
+        "num_neighbors": "[1, inf)", "reweight_neighbors": "[1, inf)", "sigma": "[0, inf)",
+        "nn_backend": ["auto", "faiss", "torch"], "nn_max_block_bytes": "[1, inf)", "seed": "[0, inf)",
+    }
     fitted_attributes = ("bank",)
 
     def __init__(
@@ -53,13 +58,12 @@ class PatchCore(AnomalyDetector):
         """(B, D, h, w) locally aware patch features."""
         return patch_features(self.layer_maps(images), self.patch_size, self.embed_dim, "avgpool")
 
-    def fit(self, batches: Iterable[dict]) -> "PatchCore":
+    def _fit(self, batches: Iterable[dict]) -> None:
         features = torch.cat([flatten_patches(self.embed(x)) for x in self.images(batches, "features")])
         keep = coreset_indices(features, self.coreset_ratio, self.proj_dim, self.seed)
         self.bank = features[keep.to(features.device)].contiguous()
         self.nn.fit(self.bank)
         self.fit_info = {"patches": int(features.shape[0]), "coreset": int(keep.numel())}
-        return self
 
     def _after_load(self) -> None:
         self.nn.fit(self.bank)
@@ -82,7 +86,7 @@ class PatchCore(AnomalyDetector):
         return weight.to(scores.device) * scores.flatten(1).amax(1)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Prediction:
+    def _predict(self, images: torch.Tensor) -> Prediction:
         features = self.embed(images)
         scores = self.patch_scores(features)
         image = self._reweighted(features, scores) if self.reweight else scores.flatten(1).amax(1)

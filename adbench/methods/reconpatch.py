@@ -36,11 +36,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from ..anomaly_maps import upsample_scores
-from ..coreset import coreset_indices
 from ..errors import ConfigError
-from ..features import flatten_patches, patch_features
-from ..nn_search import NearestNeighbours, squared_distances
+from ..features.coreset import coreset_indices
+from ..features.maps import upsample_scores
+from ..features.nn_search import NearestNeighbours, squared_distances
+from ..features.patches import flatten_patches, patch_features
 from . import register
 from .base import AnomalyDetector, Prediction
 
@@ -89,6 +89,13 @@ def ema_copy(net: nn.Module, momentum: float) -> AveragedModel:
 
 @register("reconpatch")
 class ReConPatch(AnomalyDetector):
+    param_constraints = {
+        "patch_size": "[1, inf)", "embed_dim": "[1, inf)", "feature_dim": "[1, inf)", "head_dim": "[1, inf)", "epochs": "[0, inf)",
+        "images_per_step": "[1, inf)", "patches_per_step": "[2, inf)", "lr": "(0, inf)", "weight_decay": "[0, inf)",
+        "ema_momentum": "[0, 1]", "k": "[1, inf)", "alpha": "[0, 1]", "sigma": "(0, inf)", "margin": "[0, inf)",
+        "coreset_ratio": "(0, 1]", "proj_dim": "[1, inf)", "map_sigma": "[0, inf)", "nn_backend": ["auto", "faiss", "torch"],
+        "nn_max_block_bytes": "[1, inf)", "seed": "[0, inf)",
+    }
     fitted_attributes = ("feature_layer", "bank")
 
     def __init__(
@@ -146,7 +153,7 @@ class ReConPatch(AnomalyDetector):
         """w = alpha w_p + (1 - alpha) w_c on the EMA embeddings."""
         return self.alpha * pairwise_similarity(z_bar, self.sigma) + (1 - self.alpha) * contextual_similarity(z_bar, self.k)
 
-    def fit(self, batches: Iterable[dict]) -> "ReConPatch":
+    def _fit(self, batches: Iterable[dict]) -> None:
         start = time.perf_counter()
         maps = [self.patches(x) for x in self.images(batches, "features")]
         per_image = maps[0].shape[2] * maps[0].shape[3]
@@ -164,7 +171,6 @@ class ReConPatch(AnomalyDetector):
             "feature_seconds": feature_seconds,
             **losses,
         }
-        return self
 
     def train_representation(self, features: torch.Tensor, per_image: int) -> dict:
         """The contrastive stage: train f and g on ``features`` (n_images * per_image, C)."""
@@ -211,7 +217,7 @@ class ReConPatch(AnomalyDetector):
         self.nn.fit(self.bank)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Prediction:
+    def _predict(self, images: torch.Tensor) -> Prediction:
         p = self.patches(images)
         b, _, h, w = p.shape
         dist, _ = self.nn.search(self.feature_layer(flatten_patches(p)), 1)

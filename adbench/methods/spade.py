@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..anomaly_maps import upsample_scores
 from ..errors import ConfigError, DataError
-from ..nn_search import NearestNeighbours
+from ..features.maps import upsample_scores
+from ..features.nn_search import NearestNeighbours
 from . import register
 from .base import AnomalyDetector, Prediction
 
@@ -29,6 +29,7 @@ from .base import AnomalyDetector, Prediction
 @register("spade")
 class SPADE(AnomalyDetector):
     """``layers``: the pixel (pyramid) layers, finest first, then the image layer last."""
+    param_constraints = {"top_k": "[1, inf)", "kappa": "[1, inf)", "sigma": "[0, inf)", "nn_backend": ["auto", "faiss", "torch"]}
 
     fitted_attributes = ("image_bank", "gallery", "gallery_shapes")
 
@@ -54,7 +55,7 @@ class SPADE(AnomalyDetector):
         self.gallery_shapes: torch.Tensor | None = None  # (L, 3): C_l, h_l, w_l
 
     @torch.no_grad()
-    def fit(self, batches: Iterable[dict]) -> "SPADE":
+    def _fit(self, batches: Iterable[dict]) -> None:
         vectors, rows, shapes = [], [], None
         for images in self.images(batches, "features"):
             *pyramid, last = self.layer_maps(images)
@@ -74,7 +75,6 @@ class SPADE(AnomalyDetector):
         self.gallery_shapes = torch.tensor(shapes)
         self.image_nn.fit(self.image_bank)
         self.fit_info = {"images": int(self.image_bank.shape[0]), "gallery_floats_per_image": int(self.gallery.shape[1])}
-        return self
 
     def _after_load(self) -> None:
         self.image_nn.fit(self.image_bank)
@@ -107,9 +107,7 @@ class SPADE(AnomalyDetector):
         return scores / len(pyramid)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> Prediction:
-        if self.image_bank is None:
-            raise RuntimeError("SPADE.predict called before fit")
+    def _predict(self, images: torch.Tensor) -> Prediction:
         *pyramid, last = self.layer_maps(images)
         image, neighbours = self.image_knn(last.mean((2, 3)))
         if not self.compute_maps:  # the per-image gallery search is most of SPADE's cost

@@ -23,10 +23,10 @@ from typing import Any
 
 import yaml
 
-from .datasets import MVTEC_CATEGORIES, MVTEC_OBJECTS, MVTEC_TEXTURES
-from .errors import DataError
+from ..data.sources import MVTEC_CATEGORIES, MVTEC_OBJECTS, MVTEC_TEXTURES
+from ..errors import DataError
 
-PAPER_NUMBERS = Path(__file__).parent / "data" / "paper_numbers.csv"
+PAPER_NUMBERS = Path(__file__).parent / "paper_numbers.csv"
 METRICS = {"image_auroc", "pixel_auroc", "aupro", "images_per_s"}
 NEVER = "-"
 

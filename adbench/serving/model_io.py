@@ -16,10 +16,7 @@ truncated, edited or foreign file fails with a ``ModelFileError`` naming the fil
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +28,14 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .backbones import Backbone
-from .errors import AdbenchError
-from .feature_cache import CachedBackbone
-from .methods import AnomalyDetector
-from .records import library_versions
-from .transforms import Transform
+from ..config.build import build_method
+from ..data.transforms import Transform
+from ..errors import AdbenchError
+from ..features.backbones import Backbone
+from ..features.cache import CachedBackbone
+from ..files import atomic_write, content_digest
+from ..methods import AnomalyDetector
+from ..results.records import library_versions
 
 FORMAT = "adbench-model"
 FORMAT_VERSION = 1
@@ -58,26 +57,9 @@ class SavedModel:
     meta: dict[str, Any]
 
 
-def _tensor_digest(digest: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
-    tensor = tensor.detach().cpu().contiguous()
-    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
-
-
-def content_digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 of the metadata JSON and every tensor, in name order (independent of file layout)."""
-    digest = hashlib.sha256(meta_json.encode())
-    for name in sorted(tensors):
-        _tensor_digest(digest, name, tensors[name])
-    return digest.hexdigest()
-
-
 def backbone_digest(backbone: Backbone) -> str:
     """SHA-256 of the backbone's weights and buffers: proves a reload rebuilt the same network."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(backbone.state_dict().items()):
-        _tensor_digest(digest, name, tensor)
-    return digest.hexdigest()
+    return content_digest(backbone.state_dict())
 
 
 def plain_backbone(method: AnomalyDetector) -> Backbone:
@@ -121,6 +103,7 @@ def save_model(
             "weights_stored": not rebuildable,
             "sha256": backbone_digest(backbone),
         },
+        "backbone_config": dict(backbone_config),  # ensemble members that name no backbone resolve against it
         "transform": {"resize": transform.resize, "crop": transform.crop, "mean": list(transform.mean), "std": list(transform.std)},
         "threshold": threshold,
         "fit_info": method.fit_info,
@@ -130,17 +113,8 @@ def save_model(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     meta_json = json.dumps(meta, sort_keys=True, default=str)
-    metadata = {"adbench": meta_json, "sha256": content_digest(meta_json, tensors)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    metadata = {"adbench": meta_json, "sha256": content_digest(tensors, meta_json.encode())}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -155,7 +129,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise ModelFileError(f"cannot read model file {path}: not a valid safetensors file ({exc})") from exc
     if "adbench" not in header or "sha256" not in header:
         raise ModelFileError(f"model file {path} holds no adbench metadata: it was not written by adbench.model_io.save_model")
-    if content_digest(header["adbench"], tensors) != header["sha256"]:
+    if content_digest(tensors, header["adbench"].encode()) != header["sha256"]:
         raise ModelFileError(f"model file {path} fails its SHA-256 check: it was modified or corrupted after saving")
     try:
         meta = json.loads(header["adbench"])
@@ -179,8 +153,6 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> SavedModel:
     """Rebuild the backbone and method saved by ``save_model`` and restore its fitted state."""
-    from .runner import build_method  # runner imports this module
-
     path = Path(path)
     meta, tensors = _read(path)
     b = meta["backbone"]
@@ -193,7 +165,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SavedMod
             backbone.load_state_dict(stored)
         except RuntimeError as exc:
             raise ModelFileError(f"model file {path}: stored backbone weights do not fit {b['name']} ({exc})") from exc
-    method = build_method(OmegaConf.create(meta["method"]), backbone, torch.device(device))
+    method = build_method(OmegaConf.create(meta["method"]), backbone, torch.device(device), meta.get("backbone_config"))
     try:
         method.load_fitted_state(tensors)
     except (KeyError, RuntimeError, ValueError) as exc:

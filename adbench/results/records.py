@@ -74,7 +74,7 @@ def library_versions() -> dict[str, str]:
     import timm
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     versions = {
         "adbench": __version__,

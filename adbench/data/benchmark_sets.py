@@ -18,8 +18,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .datasets import Sample, Split, _find_mask, _images_in, mvtec_layout, resolve_root
-from .errors import DataError, unknown_choice
+from ..errors import DataError, unknown_choice
+from .samples import Sample, Split, find_mask, images_in, mvtec_layout, resolve_root
 
 BTAD_PRODUCTS = ["01", "02", "03"]
 BTAD_URL = "http://avires.dimi.uniud.it/papers/btad/btad.zip"
@@ -64,13 +64,13 @@ def load_btad(root: str | None, category: str | int = "01") -> Split:
     for folder in folders.values():
         if not folder.is_dir():
             raise DataError(f"BTAD product {product}: missing folder {folder}")
-    train = [Sample(path, 0) for path in _images_in(folders["train/ok"])]
+    train = [Sample(path, 0) for path in images_in(folders["train/ok"])]
     if not train:
         raise DataError(f"no training images in {folders['train/ok']}")
-    test = [Sample(path, 0) for path in _images_in(folders["test/ok"])]
+    test = [Sample(path, 0) for path in images_in(folders["test/ok"])]
     masks = base / "ground_truth" / "ko"
-    for path in _images_in(folders["test/ko"]):
-        mask = _find_mask(masks, path.stem) if masks.is_dir() else None
+    for path in images_in(folders["test/ko"]):
+        mask = find_mask(masks, path.stem) if masks.is_dir() else None
         if mask is None:
             raise DataError(f"BTAD defect image {path} has no mask {path.stem}.png / .bmp in {masks}")
         test.append(Sample(path, 1, mask, "ko"))

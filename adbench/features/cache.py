@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -41,24 +39,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import ConfigError
+from ..files import atomic_write, atomic_write_text, content_digest
 from .backbones import Backbone
-from .errors import ConfigError
-from .records import atomic_write_text
 
-FORMAT_VERSION = 1
-
-
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """SHA-256 of a tensor's dtype, shape and bytes (CPU copy when needed)."""
-    data = tensor.detach().to("cpu").contiguous()
-    digest = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
-    digest.update(memoryview(data.numpy()).cast("B") if data.numel() else b"")
-    return digest.hexdigest()
+FORMAT_VERSION = 2
 
 
 def image_keys(images: torch.Tensor) -> list[str]:
     """One content key per image of a (B, 3, H, W) batch."""
-    return [tensor_digest(image)[:32] for image in images]
+    return [content_digest({"image": image})[:32] for image in images]
 
 
 @lru_cache(maxsize=None)
@@ -79,11 +69,7 @@ def stage_layers(model_name: str, layers: Sequence[str | int]) -> tuple[list[str
 
 def weights_fingerprint(module: nn.Module) -> str:
     """SHA-256 over every parameter and buffer (names, dtypes, shapes, values)."""
-    digest = hashlib.sha256()
-    for name, value in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor_digest(value).encode())
-    return digest.hexdigest()
+    return content_digest(module.state_dict())
 
 
 class CachedBackbone(nn.Module):
@@ -177,15 +163,7 @@ class CachedBackbone(nn.Module):
             path = self.entry(device_type, layer, key)
             if path.is_file():
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-            os.close(fd)
-            try:
-                save_file({"map": value.detach().to("cpu").contiguous()}, tmp)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, lambda tmp, value=value: save_file({"map": value.detach().to("cpu").contiguous()}, str(tmp)))
             written += 1
         return written
 

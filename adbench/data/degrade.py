@@ -27,8 +27,8 @@ from PIL import Image
 from scipy import ndimage
 from torchvision.transforms import functional as TF
 
-from .datasets import Sample
-from .errors import ConfigError
+from ..errors import ConfigError
+from .samples import Sample
 
 # Parameters per severity 1..5.
 SEVERITIES: dict[str, tuple] = {

@@ -1,0 +1,62 @@
+"""What can be chosen, one line each: methods, datasets (with their categories), backbones and
+experiment presets, read from the YAML files' first comment line (``adbench --help``)."""
+
+from __future__ import annotations
+
+from ..data.sources import categories
+from . import conf_dir, group_choices
+
+COMMON_OVERRIDES = [
+    ("method=NAME dataset=NAME backbone=NAME", "pick one option of each group"),
+    ("dataset.category=NAME", "the category (see the list above)"),
+    ("dataset.root=PATH", "data folder (default $ADBENCH_DATA/<dataset>)"),
+    ("method.coreset_ratio=0.01", "any method.* key of conf/method/<name>.yaml"),
+    ("seed=0 device=auto|cpu|cuda batch_size=16", "run settings"),
+    ("results_dir=results force=true", "where records go; rerun an existing record"),
+    ("cache_dir=.cache/features", "share backbone features between the runs of a sweep"),
+    ("save_model=PATH.safetensors", "also save the fitted model for adbench-predict"),
+    ("--multirun method=patchcore,padim seed=0,1,2", "sweeps (Hydra); experiment=NAME presets"),
+    ("--cfg job", "print the composed config and exit"),
+]
+
+
+def describe(group: str, name: str) -> str:
+    """The first comment line of ``conf/<group>/<name>.yaml`` (``# @package`` lines skipped)."""
+    for line in (conf_dir() / group / f"{name}.yaml").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("#") and not line.startswith("# @package"):
+            return line.lstrip("# ").rstrip()
+        if line and not line.startswith("#"):
+            break
+    return ""
+
+
+def _dataset_line(name: str) -> str:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(conf_dir() / "dataset" / f"{name}.yaml")
+    options = categories(str(cfg.get("name")))
+    default = cfg.get("category")
+    listed = f"categories: {', '.join(options)}" if options else f"category: {default}"
+    return f"{describe('dataset', name)} [{listed}]"
+
+
+def help_text(prog: str) -> str:
+    """The whole ``--help`` page."""
+    width = 18
+    lines = [f"{prog}: benchmark memory-bank anomaly detectors. Usage: {prog} [key=value ...] [--multirun ...]", ""]
+    for group, title in (("method", "Methods"), ("dataset", "Datasets"), ("backbone", "Backbones"),
+                         ("experiment", "Experiment presets (--multirun experiment=NAME)"), ("setting", "Settings")):
+        names = group_choices(group)
+        if not names:
+            continue
+        lines.append(f"== {title} ({group}=NAME) ==")
+        for name in names:
+            text = _dataset_line(name) if group == "dataset" else describe(group, name)
+            lines.append(f"  {name:<{width}} {text}")
+        lines.append("")
+    lines.append("== Most used overrides ==")
+    lines += [f"  {key:<46} {text}" for key, text in COMMON_OVERRIDES]
+    lines += ["", "Results: adbench-report [results_dir=results]. Saved models: adbench-predict model=PATH images=FOLDER.",
+              "Hydra's own flags: --hydra-help."]
+    return "\n".join(lines)

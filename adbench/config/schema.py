@@ -1,0 +1,117 @@
+"""Check a composed config before any data is read: every value of the run, the dataset and the
+method has the right type and range, every output folder is writable. A bad value is one
+``ConfigError`` naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..data.degrade import parse_degrade
+from ..data.sources import SOURCES, categories
+from ..errors import ConfigError, unknown_choice
+from ..files import ensure_writable
+from ..methods.params import in_interval
+from .build import check_method_keys, method_params
+
+# key: (type, interval or choices); the run-level keys of conf/config.yaml
+RUN_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "seed": (int, "[0, inf)"),
+    "batch_size": (int, "[1, inf)"),
+    "num_workers": (int, "[0, inf)"),
+    "figures": (int, "[0, inf)"),
+    "force": (bool, None),
+    "results_dir": (str, None),
+    "threshold.holdout": ((int, float), "(0, 1)"),
+    "threshold.quantile": ((int, float), "(0, 1]"),
+}
+# dataset keys every source has, and the extra keys of each source
+DATASET_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "resize": (int, "[1, inf)"),
+    "crop": (int, "[1, inf)"),
+}
+COMMON_DATASET_KEYS = {"name", "label", "root", "category", "resize", "crop", "degrade"}
+
+
+def _check(key: str, value: Any, kind: type | tuple[type, ...], rule: Any) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = " or ".join("number" if k is float else k.__name__ for k in kinds)
+        raise ConfigError(f"{key}={value!r}: wrong type; expected {names}")
+    if isinstance(rule, str) and not in_interval(float(value), rule):
+        raise ConfigError(f"{key}={value!r}: must be in {rule}")
+
+
+def _get(cfg: DictConfig, dotted: str) -> Any:
+    return OmegaConf.select(cfg, dotted, throw_on_missing=False)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first bad value of ``cfg`` (a composed ``conf/config.yaml``)."""
+    missing = missing_keys(cfg)
+    if missing:
+        hint = " (dataset=folder needs dataset.root=PATH dataset.category=NAME)" if any(k.startswith("dataset.") for k in missing) else ""
+        raise ConfigError(f"{', '.join(missing)}: required, no value given{hint}")
+    for key, (kind, rule) in RUN_KEYS.items():
+        _check(key, _get(cfg, key), kind, rule)
+    device = str(cfg.device)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+        raise ConfigError(f"device={device!r}: must be auto, cpu, cuda or cuda:N")
+    _validate_dataset(cfg.dataset)
+    params = method_params(cfg.method)
+    if cfg.method.get("labelled_anomalies") is not None:
+        _check("method.labelled_anomalies", cfg.method.labelled_anomalies, int, "[0, inf)")
+    check_method_keys(str(cfg.method.name), params)
+    _validate_outputs(cfg)
+
+
+def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted names of the mandatory values (``???``) left unset."""
+    out = []
+    for key in cfg.keys():
+        if key == "hydra":
+            continue
+        dotted = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            out.append(dotted)
+        elif isinstance(cfg[key], DictConfig):
+            out += missing_keys(cfg[key], dotted + ".")
+    return out
+
+
+def _validate_dataset(d: DictConfig) -> None:
+    name = str(d.name)
+    if name not in SOURCES:
+        raise unknown_choice("dataset.name", name, list(SOURCES))
+    allowed = COMMON_DATASET_KEYS | set(SOURCES[name])
+    unknown = sorted(set(d.keys()) - allowed)
+    if unknown:
+        raise ConfigError(f"dataset={d.get('label', name)}: unknown key(s) {', '.join('dataset.' + k for k in unknown)}; valid: {', '.join(sorted(allowed))}")
+    for key, (kind, rule) in DATASET_KEYS.items():
+        _check(f"dataset.{key}", d[key], kind, rule)
+    for key, (kind, rule) in SOURCES[name].items():
+        if key in d:
+            _check(f"dataset.{key}", d[key], kind, rule)
+    if d.crop > d.resize:
+        raise ConfigError(f"dataset.crop={d.crop}: must be <= dataset.resize={d.resize} (images are resized, then centre-cropped)")
+    options = categories(name)
+    if options is not None and str(d.category) not in options:
+        raise unknown_choice("dataset.category", d.category, options)
+    if d.get("root") is not None and not isinstance(d.root, str):
+        raise ConfigError(f"dataset.root={d.root!r}: wrong type; expected a path")
+    if d.get("degrade"):
+        parse_degrade(d.degrade)
+
+
+def _validate_outputs(cfg: DictConfig) -> None:
+    ensure_writable([cfg.results_dir], "results_dir")
+    if cfg.get("cache_dir"):
+        ensure_writable([cfg.cache_dir], "cache_dir")
+    if cfg.get("save_model"):
+        path = Path(str(cfg.save_model))
+        if path.is_dir():
+            raise ConfigError(f"save_model={path}: is a folder; give a file path such as models/bottle.safetensors")
+        ensure_writable([path.parent], "save_model")

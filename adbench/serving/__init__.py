@@ -1,0 +1,1 @@
+"""Serving: saved model files (safetensors + JSON), the decision threshold and scoring new images."""
