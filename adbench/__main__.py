@@ -5,11 +5,14 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from .cli import hydra_command
-from .runner import run
 
 
 @hydra_command("config", "adbench")
 def main(cfg: DictConfig) -> None:
+    from .runner import (
+        run,  # imported here: --help and config errors answer without loading torch
+    )
+
     run(cfg)
 
 

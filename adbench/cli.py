@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -25,44 +26,44 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*upsample.*align_corners.*")
 
 
-def _fail(prog: str, message: str) -> None:
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def _composition_error(text: str) -> str:
+    """Hydra's composition error as one line: unknown keys and unknown group options named plainly."""
+    if match := re.search(r"Could not override '([^']+)'", text):
+        return f"unknown key {match.group(1)}; adbench --cfg job lists the valid keys"
+    if match := re.search(r"Could not find '([^'/]+)/([^']+)'.*?Available options in '[^']+':\s*(.*?)\s*Config search path", text, re.DOTALL):
+        return f"unknown {match.group(1)} '{match.group(2)}'; valid: {', '.join(match.group(3).split())}"
+    lines = [line.strip() for line in text.strip().splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith("Set the environment"))[:500]
 
 
-def _precheck(config_name: str, argv: list[str], prog: str) -> None:
-    """Compose the config of the first job before Hydra starts, so a bad override key or value is one line and exit 2."""
+def check_overrides(config_name: str, argv: list[str]) -> str | None:
+    """Compose the config of the first job of ``argv`` and validate it; the one-line error, or None when fine
+    (and for flags that are Hydra's own business: --help, --cfg, --config-dir ...)."""
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    flags = [a for a in argv if a.startswith("-")]
-    if any(f not in ("--multirun", "-m") for f in flags):
-        return  # --help, --cfg, --config-dir ...: Hydra's own business
-    overrides = [a for a in argv if not a.startswith("-")]
+    from .config.schema import missing_keys, validate
+
+    if any(a.startswith("-") and a not in ("--multirun", "-m") for a in argv):
+        return None
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
         first = []
-        for override in parsed:
-            if override.is_sweep_override():
-                values = list(override.sweep_string_iterator())
-                first.append(f"{override.get_key_element()}={values[0]}" if values else override.input_line)
-            else:
-                first.append(override.input_line)
+        for override in OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")]):
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else []
+            first.append(f"{override.get_key_element()}={values[0]}" if values else override.input_line)
         with initialize_config_module("adbench.conf", version_base=None):
             cfg = compose(config_name, overrides=first)
     except Exception as exc:  # noqa: BLE001 - Hydra / OmegaConf composition errors: the message names the key
-        text = str(exc).strip().splitlines()
-        _fail(prog, " ".join(line.strip() for line in text if line.strip() and not line.startswith("Set the environment"))[:500])
-    from .config.schema import missing_keys, validate
-
+        return _composition_error(str(exc))
     missing = missing_keys(cfg)
     if missing and config_name != "config":
-        _fail(prog, f"{', '.join(f'{k}=...' for k in missing)}: required, no value given")
+        return f"{', '.join(f'{k}=...' for k in missing)}: required, no value given"
     if config_name == "config":
         try:
             validate(cfg)
         except AdbenchError as exc:
-            _fail(prog, str(exc))
+            return str(exc)
+    return None
 
 
 def hydra_command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
@@ -89,7 +90,10 @@ def hydra_command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig
             os.environ.setdefault("KMP_WARNINGS", "0")
             if not OmegaConf.has_resolver("adbench_help"):
                 OmegaConf.register_new_resolver("adbench_help", lambda: help_text(prog))
-            _precheck(config_name, sys.argv[1:], prog)
+            error = check_overrides(config_name, sys.argv[1:])
+            if error:
+                print(f"{prog}: error: {error}", file=sys.stderr)
+                sys.exit(2)
             sys.argv[0] = prog
             app()
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -52,7 +51,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def digest_update(digest: "hashlib._Hash", name: str, tensor: torch.Tensor) -> None:
+def digest_update(digest: hashlib._Hash, name: str, tensor: torch.Tensor) -> None:
     """Feed a named tensor (dtype, shape and bytes) into ``digest``."""
     data = tensor.detach().to("cpu").contiguous()
     digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())

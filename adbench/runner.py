@@ -16,24 +16,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config.build import build_backbone, build_method, resolve_device
 from .config.schema import validate
+from .config.setting import load_dataset, part_results, setting_data
 from .data.dataset import ImageDataset
 from .data.degrade import degrader_from_config, variant_name
-from .data.samples import Split
-from .data.sources import load_split
+from .data.samples import Split, data_base, split_digest
 from .data.splits import holdout_split, labelled_split
 from .data.transforms import Transform
 from .errors import ConfigError
 from .features.backbones import Backbone
 from .features.cache import CachedBackbone, stage_layers
+from .features.store import fit_memory
 from .methods import AnomalyDetector
+from .methods.cost import measure_cost
 from .methods.scoring import Scored, check_fitted_finite, score_batches
-from .metrics import evaluate
+from .metrics import assess_scored
 from .results.figures import pick_examples, save_examples
 from .results.records import (
     config_hash,
     find_record,
     git_commit,
     library_versions,
+    portable_path,
+    record_config,
+    record_path,
     write_record,
 )
 from .serving.model_io import save_model
@@ -46,13 +51,14 @@ def feature_map_shapes(backbone: Backbone, size: int) -> list[list]:
 
 
 def load_data(cfg: DictConfig) -> Split:
-    d = cfg.dataset
-    options = {k: v for k, v in OmegaConf.to_container(d, resolve=True).items() if k not in {"name", "root", "category", "resize", "crop", "label", "degrade"}}
-    return load_split(d.name, d.get("root"), d.category, **options)
+    return load_dataset(cfg.dataset)
 
 
 def loader(dataset: ImageDataset, cfg: DictConfig, shuffle: bool = False) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers)
+    workers, cuda = int(cfg.num_workers), resolve_device(cfg.device).type == "cuda"
+    # on CUDA: page-locked batches (asynchronous copies); workers kept across a method's epochs
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=workers,
+                                       pin_memory=cuda, persistent_workers=workers > 0)
 
 
 def peak_rss_bytes() -> int:
@@ -62,7 +68,10 @@ def peak_rss_bytes() -> int:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one config end to end and write its record; returns the record."""
     validate(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    data = setting_data(cfg)  # the dataset(s) read and the setting's split of them (conf/setting/)
+    split = data.split
+    # the file list read (split_digest) names the data in the config hash, wherever it lives
+    config = record_config(OmegaConf.to_container(cfg, resolve=True), split_digest(data.source))
     device = resolve_device(cfg.device)
     config["device"] = device.type
     save_path = Path(cfg.save_model) if cfg.get("save_model") else None
@@ -78,7 +87,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     degrader = degrader_from_config(cfg.dataset.get("degrade"), cfg.seed, cfg.dataset.resize)  # test images only
-    split = load_data(cfg)
     layers = list(cfg.method.layers)
     if cfg.get("cache_dir"):  # every stage extracted once and cached: later runs with any layers read them from disk
         every_stage, layers = stage_layers(cfg.backbone.name, layers)
@@ -101,7 +109,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     train_batches, test_batches = loader(train, cfg), loader(test, cfg)
     if cache is not None:  # dataset images may be written to the feature cache
         train_batches, test_batches = cache.track(train_batches), cache.track(test_batches)
-    method.fit(train_batches)
+    with fit_memory(cfg.get("fit_memory")):  # training features beyond this many bytes go to a temporary file
+        method.fit(train_batches)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     fit_seconds = time.perf_counter() - start
@@ -111,11 +120,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = score_batches(method, test_batches, "test images")
 
     pixel = split.has_masks and method.pixel_level and out.maps is not None
-    metrics = evaluate(out.labels, out.scores, out.masks if pixel else None, out.maps if pixel else None)
     bank_shape = list(method.memory_bank_shape)
     record = {
         "method": cfg.method.name,
         "variant": variant_name(cfg.get("tag"), degrader),
+        "setting": data.describe(),
+        "deviations": list(method.deviations),  # deliberate differences from the paper / reference code
         "degrade": degrader.label if degrader else None,
         "backbone": cfg.backbone.name,
         "weights": backbone.weights_source,
@@ -123,15 +133,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "feature_maps": feature_map_shapes(backbone, cfg.dataset.crop),
         "image_size": cfg.dataset.crop,
         "resize": cfg.dataset.resize,
-        "dataset": cfg.dataset.get("label", cfg.dataset.name),
-        "category": split.category,
-        "group": split.group,
         "seed": cfg.seed,
         "n_train": len(train),
-        "n_test": len(test),
-        "train_anomalies": [str(s.image) for s in labelled],  # labelled anomalies moved out of the test set
-        "metrics": metrics,
-        "pixel_metrics": "computed" if pixel else "not applicable (no masks or image-level method)",
+        # moved out of the test set: a contaminated setting's (unlabelled) and a semi-supervised method's (labelled)
+        "train_anomalies": [s.image.relative_to(data_base(split)).as_posix() for s in data.contaminants + labelled],
         "fit_seconds": fit_seconds,
         "fit_info": method.fit_info,
         "throughput": {
@@ -144,6 +149,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "dims": bank_shape[1] if len(bank_shape) == 2 else None,
             "bytes": int(method.memory_bank_bytes),
         },
+        "cost": measure_cost(method, test, out.model_images_per_s, cfg.batch_size),
         "feature_cache": _cache_summary(cache, fit_cache),
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
@@ -159,13 +165,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "load_average": os.getloadavg(),  # 1/5/15-min load at the end of the run: timings on a busy machine are flagged
         "pid": os.getpid(),
     }
+    parts = part_results(data, out, pixel)  # dataset, category and test images per scored category (one unless multi-class)
+    # per part: metrics with reasons, per-defect, ci95 and the per-image table written beside the record (adbench/metrics/suite.py)
+    assessed = [assess_scored(p.scored, test_samples, data_base(split), d.has_masks, method.pixel_level, cfg.seed) for d, p in zip(data.parts, parts)]
+    record.update(parts[0].fields, **assessed[0].fields)
     if save_path:
         record["saved_model"] = _save_fitted(save_path, cfg, method, transform, loader(ImageDataset(held_out, transform), cfg), record)
-    path = write_record(results_dir, record)
-    if cfg.figures:
-        _save_figure(results_dir, record, test, transform, out, int(cfg.figures), pixel)
-    print(_summary(record, path))
-    return record
+    written = []
+    for part, found in zip(parts, assessed):
+        part_record = {**record, **part.fields, **found.fields}
+        part_record["per_image"] = found.write_beside(record_path(results_dir, part_record))
+        path = write_record(results_dir, part_record)
+        written.append(part_record)
+        if cfg.figures:
+            _save_figure(results_dir, part_record, torch.utils.data.Subset(test, part.index.tolist()), transform, part.scored, int(cfg.figures), part.pixel)
+        print(_summary(part_record, path))
+    return written[0]
 
 
 def _save_fitted(path: Path, cfg: DictConfig, method: AnomalyDetector, transform: Transform, held_out, record: dict) -> dict[str, Any]:
@@ -174,7 +189,7 @@ def _save_fitted(path: Path, cfg: DictConfig, method: AnomalyDetector, transform
     info = {k: record[k] for k in ("dataset", "category", "seed", "n_train", "config_hash", "metrics")}
     save_model(path, method, OmegaConf.to_container(cfg.method, resolve=True), OmegaConf.to_container(cfg.backbone, resolve=True), transform, threshold, info)
     print(f"model saved to {path} (threshold {threshold['image']:.4g}: {threshold['rule']})")
-    return {"path": str(path), "threshold": threshold}
+    return {"path": portable_path(path), "threshold": threshold}
 
 
 def _cache_summary(cache: CachedBackbone | None, fit_counts: dict[str, int]) -> dict[str, Any] | None:
@@ -190,9 +205,8 @@ def _cache_summary(cache: CachedBackbone | None, fit_counts: dict[str, int]) -> 
 def _save_figure(results_dir: Path, record: dict, test: ImageDataset, transform: Transform, out: Scored, count: int, pixel: bool) -> None:
     chosen = pick_examples(out.labels, count)
     images = np.stack([transform.denormalize(test[i]["image"]).permute(1, 2, 0).numpy() for i in chosen])
-    name = f"{record['dataset']}_{record['category']}_{record['method']}_{record['config_hash']}.png".replace("/", "-")
     save_examples(
-        results_dir / "figures" / name,
+        _figure_path(results_dir, record),
         images,
         out.masks[chosen] if pixel else None,
         out.maps[chosen] if out.maps is not None else None,
@@ -201,15 +215,26 @@ def _save_figure(results_dir: Path, record: dict, test: ImageDataset, transform:
     )
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _figure_path(results_dir: Path, record: dict) -> Path:
+    name = f"{record['dataset']}_{record['category']}_{record['method']}_{record['config_hash']}.png".replace("/", "-")
+    return results_dir / "figures" / name
+
+
+def _fmt(record: dict, metric: str) -> str:
+    value, ci = record["metrics"].get(metric), (record.get("ci95") or {}).get(metric)
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
 
 
 def _summary(record: dict, path: Path) -> str:
-    m = record["metrics"]
+    """The run's headline metrics (with 95% bootstrap CIs), cost, and where its record and figure are."""
+    figure = _figure_path(path.parent.parent, record)
     return (
-        f"{record['method']} on {record['dataset']}/{record['category']} ({record['backbone']}, {record['image_size']} px): "
-        f"I-AUROC {_fmt(m['image_auroc'])}  P-AUROC {_fmt(m['pixel_auroc'])}  AUPRO {_fmt(m['aupro'])}  "
-        f"fit {record['fit_seconds']:.1f} s  {record['throughput']['model_images_per_s']:.1f} img/s  "
-        f"bank {record['memory_bank']['bytes'] / 2**20:.1f} MiB\nrecord: {path}"
+        f"{record['method']} on {record['dataset']}/{record['category']} ({record['backbone']}, {record['image_size']} px, "
+        f"{record.get('n_train')} train / {record.get('n_test')} test images):\n"
+        f"  I-AUROC {_fmt(record, 'image_auroc')}  P-AUROC {_fmt(record, 'pixel_auroc')}  AUPRO {_fmt(record, 'aupro')}  (95% CI)\n"
+        f"  fit {record['fit_seconds']:.1f} s  {record['throughput']['model_images_per_s']:.1f} img/s  "
+        f"bank {record['memory_bank']['bytes'] / 2**20:.1f} MiB\n"
+        f"record: {path}" + (f"\nfigure: {figure}" if figure.is_file() else "")
     )

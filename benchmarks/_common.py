@@ -33,11 +33,11 @@ def save(name: str, payload: dict) -> Path:
 
 def bottle_patch_features(crop: int = 224, device: str = "cpu") -> torch.Tensor:
     """PatchCore patch features (Lite0 blocks.2 + blocks.4, p=3) of MVTec bottle's training images."""
-    from adbench.features.backbones import Backbone
     from adbench.data.dataset import ImageDataset
     from adbench.data.sources import load_mvtec
-    from adbench.features.patches import flatten_patches, patch_features
     from adbench.data.transforms import Transform
+    from adbench.features.backbones import Backbone
+    from adbench.features.patches import flatten_patches, patch_features
 
     if not os.environ.get("ADBENCH_DATA"):
         raise SystemExit("set ADBENCH_DATA to the folder holding mvtec/bottle (e.g. ../shared/data)")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from _common import save
+
 from adbench.metrics import aupro, auroc
 
 

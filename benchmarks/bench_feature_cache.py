@@ -24,10 +24,10 @@ from hydra import compose, initialize_config_dir
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from adbench.config import conf_dir  # noqa: E402
-from adbench.features.backbones import Backbone  # noqa: E402
-from adbench.methods import available_methods  # noqa: E402
-from adbench.runner import run  # noqa: E402
+from adbench.config import conf_dir
+from adbench.features.backbones import Backbone
+from adbench.methods import available_methods
+from adbench.runner import run
 
 SKIP = {"ensemble"}  # needs a list of members, not a method of its own in a sweep
 
@@ -39,7 +39,7 @@ class ForwardCounter:
         self.images = 0
         self._original = Backbone.forward
 
-    def __enter__(self) -> "ForwardCounter":
+    def __enter__(self) -> ForwardCounter:
         original, counter = self._original, self
 
         def counted(backbone: Backbone, images):

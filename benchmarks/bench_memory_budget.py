@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import save
 
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -43,7 +42,7 @@ def parse_bytes(text: str) -> int:
 
 def proc_status(field: str) -> int:
     """A ``/proc/self/status`` memory field, in bytes."""
-    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) * 1024
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE).group(1)) * 1024
 
 
 def test_images(count: int, transform) -> torch.Tensor:
@@ -62,11 +61,11 @@ def fit_full_bank(path: Path) -> dict:
     from omegaconf import OmegaConf
 
     from adbench.config import conf_dir
-    from adbench.data.dataset import ImageDataset
-    from adbench.serving.model_io import save_model
     from adbench.config.build import build_backbone, build_method
-    from adbench.runner import load_data, loader
+    from adbench.data.dataset import ImageDataset
     from adbench.data.transforms import Transform
+    from adbench.runner import load_data, loader
+    from adbench.serving.model_io import save_model
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         cfg = compose(config_name="config", overrides=["method=patchcore", "dataset=mvtec", "method.coreset_ratio=1.0", "device=cpu"])
@@ -84,8 +83,8 @@ def fit_full_bank(path: Path) -> dict:
 
 def measure(model: Path, fraction: float, backend: str, budget: int, count: int) -> dict:
     """One measurement (run in a fresh process by ``main``)."""
-    from adbench.serving.model_io import load_model
     from adbench.features.nn_search import NearestNeighbours
+    from adbench.serving.model_io import load_model
 
     saved = load_model(model)
     method = saved.method

@@ -21,16 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
 from _common import save
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ import argparse
 import time
 
 import torch
-
 from _common import save
+
 from adbench.features.nn_search import NearestNeighbours
 
 

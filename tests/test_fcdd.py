@@ -8,13 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import run_overrides
 from scipy.signal.windows import gaussian
 
-from adbench.features.backbones import Backbone
 from adbench.data.dataset import ImageDataset
 from adbench.data.sources import load_split
+from adbench.data.transforms import Transform
 from adbench.errors import ConfigError
-from adbench.methods import method_class
+from adbench.features.backbones import Backbone
+from adbench.methods import NotFittedError, method_class
 from adbench.methods.fcdd import (
     ReceptiveField,
     confetti,
@@ -26,8 +28,6 @@ from adbench.methods.fcdd import (
     receptive_upsample,
 )
 from adbench.metrics import evaluate
-from adbench.data.transforms import Transform
-from conftest import run_overrides
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,33 @@ def test_bad_config_is_rejected(lite0) -> None:
         fcdd(lite0, ["blocks.2"], confetti_per_image=0).fit([{"image": torch.zeros(2, 3, 64, 64)}])
 
 
+def test_predict_before_fit_is_refused(lite0) -> None:
+    with pytest.raises(NotFittedError, match="before fit"):  # an untrained head would give random scores
+        method_class("fcdd")(lite0, ["blocks.2"]).predict(torch.zeros(1, 3, 64, 64))
+
+
+def test_image_score_is_the_mean_of_a_not_of_the_upsampled_map(lite0) -> None:
+    model = method_class("fcdd")(lite0, ["blocks.2"], epochs=1, confetti_per_image=1)
+    model.fit([{"image": torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))}])
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = model.heatmap(model.features(images))  # (2, 8, 8) A(X)
+    prediction = model.predict(images)
+    np.testing.assert_allclose(prediction.image_scores, a.flatten(1).mean(1).double().numpy(), rtol=1e-6)
+    assert not np.allclose(prediction.image_scores, prediction.maps.reshape(2, -1).mean(1), rtol=1e-3)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_early_stopping_validates_on_held_out_training_images_only(lite0, optimizer) -> None:
+    """Both of the authors' optimisers; early stopping on held-out normal images and the confetti made from them."""
+    model = method_class("fcdd")(lite0, ["blocks.2"], epochs=6, train_batch_size=2, confetti_per_image=1, val_fraction=0.25,
+                                 patience=2, optimizer=optimizer)
+    model.fit([{"image": torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))}])
+    info = model.fit_info
+    assert info["selection"].startswith("early stopping on the loss of 2 validation items")
+    assert all("val_loss" in e for e in info["history"]) and 1 <= info["best_epoch"] <= info["epochs_run"] <= 6
+
+
 def test_save_load_roundtrip_and_labelled_anomalies(lite0) -> None:
     fcdd = method_class("fcdd")
     generator = torch.Generator().manual_seed(0)
@@ -129,11 +156,12 @@ def test_save_load_roundtrip_and_labelled_anomalies(lite0) -> None:
 
 
 def test_fcdd_localises_real_bottle_defects(data_root, lite0) -> None:
-    """A third of bottle's training images, one synthetic anomaly each, 30 epochs: still P-AUROC > 0.85."""
+    """A third of bottle's training images, one synthetic anomaly each, 30 epochs of 16 + 16 (a shortened run: the
+    default 64 + 64 would leave 2 steps per epoch): still P-AUROC > 0.85."""
     split = load_split("mvtec", str(data_root / "mvtec"), "bottle")
     transform = Transform(256, 224, lite0.mean, lite0.std)
     loader = torch.utils.data.DataLoader(ImageDataset(split.train[::3], transform), batch_size=16)
-    model = method_class("fcdd")(lite0, ["blocks.2"], head_channels=[128], epochs=30, confetti_per_image=1)
+    model = method_class("fcdd")(lite0, ["blocks.2"], head_channels=[128], epochs=30, train_batch_size=16, confetti_per_image=1)
     model.fit(loader)
     labels, scores, masks, maps = [], [], [], []
     for batch in torch.utils.data.DataLoader(ImageDataset(split.test, transform), batch_size=16):

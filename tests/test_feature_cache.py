@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_overrides
 
 from adbench.features.backbones import Backbone
 from adbench.features.cache import CachedBackbone, cache_size, image_keys, stage_layers
 from adbench.methods import method_class
-
-from conftest import run_overrides
 
 LAYERS = ["layer1", "layer2"]
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from adbench.features.backbones import Backbone
-from adbench.methods import method_class
 from conftest import run_overrides
+
+from adbench.errors import DataError
+from adbench.features.backbones import Backbone
+from adbench.methods import NotFittedError, method_class
 
 LAYERS = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
 
@@ -53,8 +54,13 @@ def test_scores_match_numpy_reference(backbone) -> None:
     np.testing.assert_allclose(fresh.predict(test).image_scores, prediction.image_scores, rtol=1e-12)
 
 
+def test_predict_before_fit_is_refused(backbone) -> None:
+    with pytest.raises(NotFittedError, match="before fit"):
+        method_class("gaussian_ad")(backbone, LAYERS).predict(torch.randn(1, 3, 64, 64))
+
+
 def test_needs_two_training_images(backbone) -> None:
-    with pytest.raises(ValueError, match="at least 2 training images"):
+    with pytest.raises(DataError, match="at least 2 training images"):
         method_class("gaussian_ad")(backbone, LAYERS).fit([{"image": torch.randn(1, 3, 64, 64)}])
 
 

@@ -1,14 +1,19 @@
-"""The metric suite against scikit-learn and an independent per-threshold AUPRO reference."""
+"""The metric suite against scikit-learn and an independent per-threshold AUPRO reference; undefined metrics and their reasons."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy import ndimage
-from sklearn.metrics import precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
-from adbench.metrics import aupro, auroc, evaluate, f1_max
+from adbench.metrics import aupro, auroc, average_precision, evaluate, f1_max
 from adbench.metrics.aupro import region_weights
+from adbench.metrics.suite import per_defect, undefined_reasons
 
 
 def reference_aupro(maps: np.ndarray, masks: np.ndarray, limit: float = 0.3) -> float:
@@ -77,14 +82,22 @@ def test_regions_are_eight_connected() -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_auroc_and_f1_match_sklearn(seed: int) -> None:
+def test_auroc_ap_and_f1_match_sklearn(seed: int) -> None:
     rng = np.random.default_rng(seed)
     labels = rng.random(500) < 0.3
     scores = np.round(rng.random(500) + labels * 0.3, 1)  # ties included
     assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert average_precision(scores, labels) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
     precision, recall, _ = precision_recall_curve(labels, scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     assert f1_max(scores, labels) == pytest.approx(f1.max(), abs=1e-12)
+
+
+def test_pixel_metrics_match_sklearn() -> None:
+    maps, masks = random_case(3, n=6, size=32, levels=20)
+    result = evaluate(np.array([1, 1, 1, 1, 1, 0]), np.arange(6.0), masks, maps)
+    assert result["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert result["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12)
 
 
 def test_undefined_metrics_are_none_not_nan() -> None:
@@ -93,6 +106,40 @@ def test_undefined_metrics_are_none_not_nan() -> None:
     result = evaluate(only_good, np.arange(5.0), np.zeros((5, 4, 4), bool), np.zeros((5, 4, 4)))
     assert result["image_auroc"] is None and result["pixel_auroc"] is None and result["aupro"] is None
     assert evaluate(np.array([0, 1]), np.array([0.1, 0.9]))["pixel_auroc"] is None
+
+
+def test_one_class_test_set_has_no_f1_or_ap() -> None:
+    """Issue 15: an all-defect test set used to report image F1-max 1.0 while AUROC was n/a."""
+    all_defect = np.ones(6, int)
+    result = evaluate(all_defect, np.arange(6.0))
+    assert result["image_f1_max"] is None and result["image_ap"] is None and result["image_auroc"] is None
+    reasons = undefined_reasons(result, all_defect, None, "the dataset has no pixel masks")
+    assert reasons["image_f1_max"] == "the test set has no normal image"
+    assert reasons["pixel_auroc"] == reasons["aupro"] == "the dataset has no pixel masks"
+    assert set(reasons) == {m for m, v in result.items() if v is None}
+
+
+def test_reasons_name_the_missing_pixels() -> None:
+    labels = np.array([0, 0, 1, 1])
+    masks, maps = np.zeros((4, 8, 8), bool), np.random.default_rng(0).random((4, 8, 8))
+    result = evaluate(labels, np.array([0.1, 0.2, 0.3, 0.4]), masks, maps)
+    reasons = undefined_reasons(result, labels, masks, None)
+    assert result["image_auroc"] == 1.0 and set(reasons) == {"pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"}
+    assert reasons["aupro"] == "the test masks have no defect pixel"
+
+
+def test_per_defect_is_each_type_against_the_good_images() -> None:
+    rng = np.random.default_rng(1)
+    defects = np.array(["good"] * 10 + ["crack"] * 6 + ["hole"] * 4)
+    labels = (defects != "good").astype(int)
+    scores = rng.random(20) + 0.5 * labels
+    maps, masks = random_case(5, n=20, size=16)
+    masks[labels == 0] = False
+    out = per_defect(labels, list(defects), scores, masks, maps)
+    assert list(out) == ["crack", "hole"] and out["crack"]["n"] == 6 and out["hole"]["n"] == 4
+    crack = defects != "hole"
+    assert out["crack"]["image_auroc"] == pytest.approx(roc_auc_score(labels[crack], scores[crack]), abs=1e-12)
+    assert out["hole"]["aupro"] == pytest.approx(reference_aupro(maps[defects != "crack"], masks[defects != "crack"]), abs=1e-3)
 
 
 def test_nan_scores_raise() -> None:

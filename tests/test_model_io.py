@@ -15,19 +15,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_config
 from omegaconf import DictConfig, OmegaConf, open_dict
 from safetensors.torch import save_file
 
-from adbench.data.dataset import ImageDataset
-from adbench.errors import ConfigError
-from adbench.methods import AnomalyDetector, available_methods
-from adbench.files import content_digest
-from adbench.serving.model_io import BACKBONE_PREFIX, ModelFileError, load_model, read_model_meta, save_model
-from adbench.config.build import build_backbone, build_method
-from adbench.runner import load_data, loader
-from adbench.data.transforms import Transform
 from adbench.config import conf_dir
-from conftest import make_config
+from adbench.config.build import build_backbone, build_method
+from adbench.data.dataset import ImageDataset
+from adbench.data.transforms import Transform
+from adbench.errors import ConfigError
+from adbench.files import content_digest
+from adbench.methods import AnomalyDetector, available_methods
+from adbench.runner import load_data, loader
+from adbench.serving.model_io import (
+    BACKBONE_PREFIX,
+    ModelFileError,
+    load_model,
+    read_model_meta,
+    save_model,
+)
 
 # a tiny synthetic set and settings that keep every method to seconds on a CPU
 TINY_DATA = ["dataset=synthetic", "dataset.size=64", "dataset.resize=64", "dataset.crop=64", "dataset.n_train=6", "dataset.n_test=2", "device=cpu"]
@@ -73,13 +79,13 @@ def fit_tiny(cfg: DictConfig) -> Fitted:
     return Fitted(cfg, method, transform, test["image"], np.asarray(test["label"]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shared_fit(name: str) -> Fitted:
     """One tiny fit per method and test session, shared (read-only) by the round-trip and determinism tests."""
     return fit_tiny(tiny_config(name, _shared_root()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shared_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="adbench-tiny-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import run_overrides
 from scipy.spatial.distance import mahalanobis
 
-from adbench.features.backbones import Backbone
 from adbench.errors import ConfigError, DataError
-from adbench.features.patches import patch_features, random_channel_subset
-from adbench.methods import method_class
-from conftest import run_overrides
+from adbench.features.backbones import Backbone
+from adbench.features.patches import random_channel_subset
+from adbench.methods import NotFittedError, method_class
 
 LAYERS = ["blocks.1", "blocks.2", "blocks.4"]
 
@@ -33,7 +33,8 @@ def fitted(backbone):
 
 def test_embedding_is_the_seeded_channel_subset(fitted, backbone) -> None:
     model, train = fitted
-    full = patch_features([backbone(train[:2])[layer] for layer in LAYERS], patch_size=1)
+    maps = backbone(train[:2])  # blocks.1 16x16, blocks.2 8x8, blocks.4 4x4: deeper maps replicated (nearest)
+    full = torch.cat([maps["blocks.1"], *(maps[layer].repeat_interleave(r, 2).repeat_interleave(r, 3) for layer, r in (("blocks.2", 2), ("blocks.4", 4)))], 1)
     assert full.shape[1] == 24 + 40 + 112
     expected = full[:, random_channel_subset(176, 12, 3)]
     torch.testing.assert_close(model.embed(train[:2]), expected)
@@ -81,11 +82,14 @@ def test_images_must_share_the_training_size(fitted, backbone) -> None:
         fresh.fit([{"image": torch.randn(2, 3, 64, 64)}, {"image": torch.randn(2, 3, 96, 96)}])
 
 
+def test_predict_before_fit_is_refused(backbone) -> None:
+    with pytest.raises(NotFittedError, match="before fit"):
+        method_class("padim")(backbone, LAYERS, dim=12).predict(torch.randn(1, 3, 64, 64))
+
+
 def test_bad_config(backbone) -> None:
     with pytest.raises(ConfigError, match="method.dim=500"):
         method_class("padim")(backbone, LAYERS, dim=500)
-    with pytest.raises(ValueError, match="at least 2 training images"):
-        method_class("padim")(backbone, LAYERS, dim=12).fit([{"image": torch.randn(1, 3, 64, 64)}])
 
 
 def test_padim_on_real_bottle(data_root, tmp_path) -> None:

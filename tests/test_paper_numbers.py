@@ -113,7 +113,8 @@ def test_group_means_need_every_class_of_the_group():
     assert by_key[("Table 2", "objects", "pixel_auroc")]["measured"] == pytest.approx(97.0)
     assert ("Table 2", "all", "image_auroc") in by_key and len([k for k in by_key if k[0] == "Table 4"]) == 15
     assert not any(k[0] == "Sec. 3.4" for k in by_key), "BTAD numbers must not be compared with MVTec runs"
-    assert MVTEC_OBJECTS  # the objects mean above covers these ten classes
+    objects = by_key[("Table 2", "objects", "image_auroc")]
+    assert objects["measured"] == pytest.approx(100 * sum(scores[c] for c in MVTEC_OBJECTS) / 10)
 
 
 def test_config_conditions_select_the_paper_row():
@@ -137,11 +138,26 @@ def test_config_conditions_select_the_paper_row():
     assert compare(degraded, NUMBERS) == [], "runs on degraded test images are not the papers' setting"
 
 
+def test_cfa_table3_aupro_is_flagged_not_comparable():
+    """CFA's Table 3 normalises PRO differently: shown beside a measured run, flagged, with no delta."""
+    table3 = [n for n in NUMBERS if n.table == "Table 3"]
+    assert {n.note.startswith("not comparable:") for n in table3 if n.metric == "aupro"} == {True}
+    assert not any(n.note.startswith("not comparable:") for n in table3 if n.metric == "image_auroc")
+    flagged = next(n for n in table3 if n.metric == "aupro" and n.method == "padim" and n.category == "textures")
+    records = [{**fake_record("padim", "textures", 0.99, dim=100), "dataset": "rd-mvtec",  # rd-mvtec has no class groups
+                "metrics": {"image_auroc": 0.99, "pixel_auroc": 0.97, "aupro": 0.9}}]
+    pairs = {(p["number"].metric, p["number"].category, p["number"].backbone): p for p in compare(records, NUMBERS)}
+    aupro = pairs[("aupro", "textures", flagged.backbone)]
+    assert aupro["measured"] == pytest.approx(90.0) and aupro["difference"] is None
+    assert pairs[("image_auroc", "textures", flagged.backbone)]["difference"] is not None
+
+
 def test_memory_bank_formulas_evaluate_the_papers_expressions():
     padim = fake_record("padim", "bottle", 1.0, dim=100)
     assert MEMORY_BANK["padim"].bytes(padim) == 4 * 28 * 28 * (100 * 100 + 100)
     patchcore = fake_record("patchcore", "bottle", 1.0, coreset_ratio=0.1, embed_dim=1024)
-    assert MEMORY_BANK["patchcore"].bytes(patchcore) == 4 * math.ceil(0.1 * 200 * 28 * 28) * (40 + 112)
+    # every layer pooled (here: stretched) to embed_dim, then the stack to embed_dim: D' = 1024 (patchcore-inspection)
+    assert MEMORY_BANK["patchcore"].bytes(patchcore) == 4 * math.ceil(0.1 * 200 * 28 * 28) * 1024
     spade = {**fake_record("spade", "bottle", 1.0), "feature_maps": [["a", 24, 56, 56], ["b", 40, 28, 28], ["last", 320, 7, 7]]}
     assert MEMORY_BANK["spade"].bytes(spade) == 4 * 200 * 56 * 56 * (24 + 40)
     assert MEMORY_BANK["patchcore"].bytes({**patchcore, "feature_maps": None}) is None

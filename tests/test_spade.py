@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from adbench.features.backbones import Backbone
-from adbench.errors import ConfigError
-from adbench.methods import method_class
 from conftest import run_overrides
+
+from adbench.errors import ConfigError
+from adbench.features.backbones import Backbone
+from adbench.methods import NotFittedError, method_class
 
 LAYERS = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
 
@@ -32,9 +32,9 @@ def fitted(backbone):
 def brute_force_image_knn(backbone, train, test, k):
     f_train = backbone(train)["blocks.6"].mean((2, 3)).double().numpy()
     f_test = backbone(test)["blocks.6"].mean((2, 3)).double().numpy()
-    sq = ((f_test[:, None] - f_train[None]) ** 2).sum(-1)  # (B, N) squared distances
-    order = np.argsort(sq, axis=1)[:, :k]
-    return np.take_along_axis(sq, order, 1).mean(1), order
+    dist = np.sqrt(((f_test[:, None] - f_train[None]) ** 2).sum(-1))  # (B, N) Euclidean distances
+    order = np.argsort(dist, axis=1)[:, :k]
+    return np.take_along_axis(dist, order, 1).mean(1), order
 
 
 def test_image_knn_matches_brute_force(fitted, backbone) -> None:
@@ -59,17 +59,17 @@ def test_pixel_knn_matches_brute_force(fitted, backbone) -> None:
     test = torch.randn(2, 3, 64, 64)
     _, order = brute_force_image_knn(backbone, train, test, 3)
     train_maps, test_maps = backbone(train), backbone(test)
-    expected = torch.zeros(2, 16, 16, dtype=torch.float64)
-    for b in range(2):
+    expected = torch.zeros(2, 64, 64, dtype=torch.float64)
+    for b in range(2):  # SPADE-pytorch: per layer, distances upsampled to the image, then the mean over layers
         for layer in LAYERS[:3]:
             gallery = train_maps[layer][order[b]].double()  # (K, C, h, w)
             gallery = gallery.permute(0, 2, 3, 1).reshape(-1, gallery.shape[1])
             query = test_maps[layer][b].double().permute(1, 2, 0)  # (h, w, C)
-            sq = ((query[:, :, None, :] - gallery[None, None]) ** 2).sum(-1)  # (h, w, K*h*w)
-            nearest = sq.topk(2, dim=-1, largest=False).values.mean(-1)  # kappa = 2
-            expected[b] += F.interpolate(nearest[None, None], size=(16, 16), mode="bilinear", align_corners=False)[0, 0] / 3
+            dist = ((query[:, :, None, :] - gallery[None, None]) ** 2).sum(-1).sqrt()  # (h, w, K*h*w)
+            nearest = dist.topk(2, dim=-1, largest=False).values.mean(-1)  # kappa = 2
+            expected[b] += F.interpolate(nearest[None, None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0] / 3
     pyramid = [test_maps[layer] for layer in LAYERS[:3]]
-    got = model.pixel_scores(pyramid, torch.from_numpy(order))
+    got = model.pixel_scores(pyramid, torch.from_numpy(order), (64, 64))
     torch.testing.assert_close(got.double(), expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
 
     prediction = model.predict(test)
@@ -101,6 +101,11 @@ def test_save_load_round_trip(fitted, backbone) -> None:
     got = fresh.predict(test)
     np.testing.assert_allclose(got.image_scores, expected.image_scores, rtol=1e-6)
     np.testing.assert_allclose(got.maps, expected.maps, rtol=1e-5)
+
+
+def test_predict_before_fit_is_refused(backbone) -> None:
+    with pytest.raises(NotFittedError, match="before fit"):
+        method_class("spade")(backbone, LAYERS).predict(torch.randn(1, 3, 64, 64))
 
 
 def test_bad_config(backbone) -> None:

@@ -1,4 +1,4 @@
-"""Sweeps: a real parallel multirun through Hydra's joblib launcher, skip-by-hash reruns, presets."""
+"""Sweeps: real parallel multiruns through Hydra's joblib launcher and a local Ray cluster, skip-by-hash reruns, presets."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_config
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -16,13 +17,12 @@ from adbench.config import conf_dir
 from adbench.data.sources import MVTEC_CATEGORIES, make_synthetic
 from adbench.results.records import RECORDS_DIR, config_hash
 from adbench.runner import run
-from conftest import make_config
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def adbench(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.run([sys.executable, "-m", "adbench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -56,7 +56,7 @@ def test_parallel_joblib_sweep_keeps_every_record_and_reruns_skip(tmp_path, caps
     capsys.readouterr()
     for ratio, seed in jobs:
         run(make_config([*common, "dataset.category=stripes", f"method.coreset_ratio={ratio}", f"seed={seed}"]))
-    assert capsys.readouterr().out.count("record exists for this config") == 4
+    assert capsys.readouterr().out.count("record exists for this config; not rerun") == 4
     assert {p.name: p.stat().st_mtime_ns for p in (results / RECORDS_DIR).glob("*.json")} == before
 
     run(make_config([*common, "dataset.category=stripes", "method.coreset_ratio=0.5", "seed=1", "force=true"]))
@@ -96,10 +96,6 @@ def test_table2_covers_every_class_and_table4_reuses_its_runs():
     assert hashes[0] == hashes[1]
 
 
-def test_memory_bank_preset_measures_without_the_cache():
-    assert hydra_config(["experiment=memory_bank"]).cache_dir is None
-
-
 def test_local_launcher_is_joblib_with_a_bounded_pool():
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs hydra-joblib-launcher")
     launcher = hydra_config(["hydra/launcher=local"]).hydra.launcher
@@ -114,3 +110,21 @@ def test_cluster_launcher_configs_compose(name, plugin, target):
     pytest.importorskip(plugin, reason=f"launcher plugin {plugin} not installed (optional extra adbench[launchers])")
     launcher = hydra_config([f"hydra/launcher={name}"]).hydra.launcher
     assert launcher._target_.endswith(target)
+
+
+def test_ray_sweep_on_a_local_cluster_writes_each_record_once(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs hydra-ray-launcher (pip install adbench[launchers]; .ci/run)")
+    make_synthetic(tmp_path / "data", "stripes", n_train=8, n_test=4, size=64)
+    results = tmp_path / "results"
+    # a local Ray instance of 2 CPUs, one per run; the cluster config asks for 4 CPUs per run, more than CI has
+    launcher = ["hydra/launcher=ray_cluster", "hydra.launcher.ray.remote.num_cpus=1", "+hydra.launcher.ray.init.num_cpus=2",
+                "+hydra.launcher.ray.init.include_dashboard=false", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    common = ["method=patchcore", "dataset=folder", f"dataset.root={tmp_path / 'data'}", "dataset.category=stripes",
+              "dataset.resize=64", "dataset.crop=64", f"results_dir={results}", "figures=0"]
+    done = adbench(["--multirun", *launcher, *common, "method.coreset_ratio=0.25,0.5"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ray Launcher is launching 2 jobs" in done.stdout + done.stderr
+    records = [json.loads(p.read_text()) for p in sorted((results / RECORDS_DIR).glob("*.json"))]
+    assert sorted(r["config"]["method"]["coreset_ratio"] for r in records) == [0.25, 0.5]
+    assert len({r["config_hash"] for r in records}) == 2
+    assert not list((results / RECORDS_DIR).glob(".*.tmp")), "temporary record files left behind"

@@ -102,7 +102,7 @@ def _build_member(spec: Any, index: int, member_key: str, run_backbone: Backbone
     root = OmegaConf.create({"backbone": backbone_cfg, "seed": seed, "method": OmegaConf.merge(defaults, overrides)})
     try:
         OmegaConf.resolve(root)
-    except Exception as exc:  # noqa: BLE001 - an unresolvable interpolation is a config error of this member
+    except Exception as exc:
         raise ConfigError(f"{key}: cannot resolve its config ({exc})") from exc
     params = method_params(root.method)
     check_method_keys(name, params, key)

@@ -20,12 +20,13 @@ COMMON_OVERRIDES = [
 ]
 
 
-def describe(group: str, name: str) -> str:
-    """The first comment line of ``conf/<group>/<name>.yaml`` (``# @package`` lines skipped)."""
+def describe(group: str, name: str, limit: int = 110) -> str:
+    """The first comment line of ``conf/<group>/<name>.yaml`` (``# @package`` lines skipped), cut to ``limit``."""
     for line in (conf_dir() / group / f"{name}.yaml").read_text().splitlines():
         line = line.strip()
         if line.startswith("#") and not line.startswith("# @package"):
-            return line.lstrip("# ").rstrip()
+            text = line.lstrip("# ").rstrip()
+            return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
         if line and not line.startswith("#"):
             break
     return ""
@@ -37,7 +38,10 @@ def _dataset_line(name: str) -> str:
     cfg = OmegaConf.load(conf_dir() / "dataset" / f"{name}.yaml")
     options = categories(str(cfg.get("name")))
     default = cfg.get("category")
-    listed = f"categories: {', '.join(options)}" if options else f"category: {default}"
+    if options:
+        listed = f"categories: {', '.join(options)}"
+    else:
+        listed = f"category: {default}" if default else "category: dataset.category=NAME, a folder under dataset.root"
     return f"{describe('dataset', name)} [{listed}]"
 
 
@@ -46,7 +50,7 @@ def help_text(prog: str) -> str:
     width = 18
     lines = [f"{prog}: benchmark memory-bank anomaly detectors. Usage: {prog} [key=value ...] [--multirun ...]", ""]
     for group, title in (("method", "Methods"), ("dataset", "Datasets"), ("backbone", "Backbones"),
-                         ("experiment", "Experiment presets (--multirun experiment=NAME)"), ("setting", "Settings")):
+                         ("experiment", "Experiment presets, run with --multirun"), ("setting", "Settings")):
         names = group_choices(group)
         if not names:
             continue
@@ -59,4 +63,4 @@ def help_text(prog: str) -> str:
     lines += [f"  {key:<46} {text}" for key, text in COMMON_OVERRIDES]
     lines += ["", "Results: adbench-report [results_dir=results]. Saved models: adbench-predict model=PATH images=FOLDER.",
               "Hydra's own flags: --hydra-help."]
-    return "\n".join(lines)
+    return "\n".join(lines).replace("$", "$$")  # Hydra fills the template with string.Template

@@ -8,13 +8,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..data.degrade import parse_degrade
+from ..data.settings import SETTINGS
 from ..data.sources import SOURCES, categories
 from ..errors import ConfigError, unknown_choice
 from ..files import ensure_writable
 from ..methods.params import in_interval
+from . import group_choices
 from .build import check_method_keys, method_params
 
 # key: (type, interval or choices); the run-level keys of conf/config.yaml
@@ -60,7 +62,7 @@ def validate(cfg: DictConfig) -> None:
     device = str(cfg.device)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
         raise ConfigError(f"device={device!r}: must be auto, cpu, cuda or cuda:N")
-    _validate_dataset(cfg.dataset)
+    _validate_dataset(cfg.dataset, multi_class=_validate_setting(cfg))
     params = method_params(cfg.method)
     if cfg.method.get("labelled_anomalies") is not None:
         _check("method.labelled_anomalies", cfg.method.labelled_anomalies, int, "[0, inf)")
@@ -82,7 +84,7 @@ def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
-def _validate_dataset(d: DictConfig) -> None:
+def _validate_dataset(d: DictConfig, multi_class: bool = False) -> None:
     name = str(d.name)
     if name not in SOURCES:
         raise unknown_choice("dataset.name", name, list(SOURCES))
@@ -97,13 +99,42 @@ def _validate_dataset(d: DictConfig) -> None:
             _check(f"dataset.{key}", d[key], kind, rule)
     if d.crop > d.resize:
         raise ConfigError(f"dataset.crop={d.crop}: must be <= dataset.resize={d.resize} (images are resized, then centre-cropped)")
+    listed = isinstance(d.category, ListConfig)
+    if listed and not multi_class:
+        raise ConfigError(f"dataset.category={list(d.category)}: a list of categories needs setting=multi_class")
+    chosen = [str(c) for c in d.category] if listed else [str(d.category)]
     options = categories(name)
-    if options is not None and str(d.category) not in options:
-        raise unknown_choice("dataset.category", d.category, options)
+    for category in chosen:
+        if options is not None and category not in options and not (multi_class and category == "all"):
+            raise unknown_choice("dataset.category", category, options)
     if d.get("root") is not None and not isinstance(d.root, str):
         raise ConfigError(f"dataset.root={d.root!r}: wrong type; expected a path")
     if d.get("degrade"):
         parse_degrade(d.degrade)
+
+
+def _validate_setting(cfg: DictConfig) -> bool:
+    """Check ``setting.*`` (conf/setting/): its name, its keys, their types and ranges; True for multi-class."""
+    setting = cfg.get("setting")
+    if setting is None:
+        return False
+    name = str(setting.get("name"))
+    if name not in SETTINGS:
+        raise unknown_choice("setting.name", name, list(SETTINGS))
+    allowed = {"name"} | set(SETTINGS[name])
+    unknown = sorted(set(setting.keys()) - allowed)
+    if unknown:
+        raise ConfigError(f"setting={name}: unknown key(s) {', '.join('setting.' + k for k in unknown)}; valid: {', '.join(sorted(allowed))}")
+    for key, (kind, rule) in SETTINGS[name].items():
+        if key not in setting:
+            raise ConfigError(f"setting.{key}: required with setting={name}")
+        value = setting[key]
+        _check(f"setting.{key}", list(value) if isinstance(value, ListConfig) else value, kind, rule)
+    for i, entry in enumerate(setting.get("categories") or []):
+        preset = str(entry).partition("/")[0]
+        if preset not in group_choices("dataset"):
+            raise unknown_choice(f"setting.categories[{i}] dataset", preset, group_choices("dataset"))
+    return name == "multi_class"
 
 
 def _validate_outputs(cfg: DictConfig) -> None:

@@ -16,6 +16,7 @@ Messy folders, and what happens (``DataError`` always names the file):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -148,6 +149,27 @@ def find_mask(folder: Path, stem: str) -> Path | None:
             if path.is_file():
                 return path
     return None
+
+
+def data_base(split: Split) -> Path:
+    """The deepest folder holding every image and mask of ``split``: records name files relative to it."""
+    files = [path for s in [*split.train, *split.test] for path in (s.image, s.mask) if path is not None]
+    base = Path(os.path.commonpath(files))
+    return base.parent if base in files else base
+
+
+def split_digest(split: Split) -> str:
+    """16 hex digits of SHA-256 over the split's file list: role, label, defect, name relative to
+    :func:`data_base` and byte size of every image and mask. The same files in another folder or on
+    another machine give the same digest; a different copy of the data gives another."""
+    base = data_base(split)
+    digest = hashlib.sha256()
+    for role, samples in (("train", split.train), ("test", split.test)):
+        for s in samples:
+            for kind, path in (("image", s.image), ("mask", s.mask)):
+                if path is not None:
+                    digest.update(f"{role}|{s.label}|{s.defect}|{kind}|{path.relative_to(base).as_posix()}|{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def resolve_root(root: str | None, sub: str = "") -> Path:

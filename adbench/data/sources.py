@@ -65,7 +65,7 @@ def _download_mvtec(path: Path, category: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     archive = path / "mvtec_anomaly_detection.tar.xz"
     try:
-        urllib.request.urlretrieve(url, archive)  # noqa: S310 - the official MVTec mirror
+        urllib.request.urlretrieve(url, archive)
     except OSError as exc:
         raise DataError(f"could not download MVTec AD {category} from {url}: {exc}; download it by hand from {MVTEC_URL}") from exc
     with tarfile.open(archive) as tar:

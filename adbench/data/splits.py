@@ -24,11 +24,12 @@ def holdout_split(samples: list, fraction: float, seed: int) -> tuple[list, list
     return rest, taken
 
 
-def labelled_split(test: list, n: int, seed: int) -> tuple[list, list]:
-    """(labelled, remaining test): ``n`` anomalous test samples drawn with ``seed`` move to training
-    (semi-supervised methods); they leave the test set, which keeps at least one anomaly."""
+def labelled_split(test: list, n: int, seed: int, key: str | None = None) -> tuple[list, list]:
+    """(taken, remaining test): ``n`` anomalous test samples drawn with ``seed`` move to training
+    (semi-supervised methods, contaminated training sets); they leave the test set, which keeps at
+    least one anomaly. ``key`` names the setting in errors (default ``method.labelled_anomalies=n``)."""
     anomalous = [i for i, s in enumerate(test) if s.label == 1]
     if not 0 < n < len(anomalous):
-        raise ConfigError(f"method.labelled_anomalies={n}: the test set has {len(anomalous)} anomalies; "
+        raise ConfigError(f"{key or f'method.labelled_anomalies={n}'}: the test set has {len(anomalous)} anomalies; "
                           "take at least 1 and leave at least 1 for testing")
     return _partition(test, set(np.random.default_rng(seed).choice(anomalous, n, replace=False).tolist()))

@@ -1,1 +1,1 @@
-"""Features: the frozen timm backbone, the feature cache, patch features (aggregation, reduction), nearest-neighbour search, the greedy coreset and patch-score → anomaly-map upsampling."""
+"""Features: the frozen timm backbone, the feature cache, patch features (aggregation, reduction), nearest-neighbour search, the greedy coreset (``coreset.greedy_coreset``; numba kernels in ``coreset_kernels``), the store holding training features during a fit within a memory budget, and patch-score → anomaly-map upsampling."""

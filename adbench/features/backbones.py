@@ -52,7 +52,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is reported with the file name
+    except Exception as exc:
         raise WeightsUnavailableError(f"backbone.weights: cannot read {path}: {exc}") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -164,7 +164,7 @@ class Backbone(nn.Module):
             raise ConfigError(f"unknown backbone layer {layer!r}; valid: {', '.join(names)}")
         return str(layer)
 
-    def train(self, mode: bool = True) -> "Backbone":  # frozen: always eval (BatchNorm statistics fixed)
+    def train(self, mode: bool = True) -> Backbone:  # frozen: always eval (BatchNorm statistics fixed)
         return super().train(False)
 
     @torch.no_grad()

@@ -30,7 +30,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def image_keys(images: torch.Tensor) -> list[str]:
     return [content_digest({"image": image})[:32] for image in images]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stages(model_name: str) -> tuple[tuple[str, int], ...]:
     try:
         info = timm.create_model(model_name, pretrained=False, features_only=True).feature_info
@@ -135,7 +135,7 @@ class CachedBackbone(nn.Module):
         """Mark these images (dataset images, not augmentations) as worth keeping on disk."""
         self._registered.update(image_keys(images))
 
-    def track(self, batches: Iterable[dict]) -> "TrackedBatches":
+    def track(self, batches: Iterable[dict]) -> TrackedBatches:
         """Wrap a data loader so that every image it yields is registered."""
         return TrackedBatches(batches, self)
 

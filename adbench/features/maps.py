@@ -1,4 +1,9 @@
-"""From patch scores to full-resolution anomaly maps: bilinear upsampling + Gaussian smoothing."""
+"""From patch scores to full-resolution anomaly maps: bilinear upsampling + Gaussian smoothing.
+
+The blur is anomalib's (kernel 2 * int(4 sigma + 0.5) + 1, reflect padding without the edge pixel;
+tests/reference checks it); patchcore-inspection's scipy filter also repeats the edge pixel, which
+changes the outermost ~4 sigma pixels slightly.
+"""
 
 from __future__ import annotations
 

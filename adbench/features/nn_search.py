@@ -1,11 +1,18 @@
 """Exact nearest-neighbour search over a memory bank: faiss (CPU or GPU index) or chunked torch matmul.
 
-Both backends return **plain Euclidean** distances (``sqrt`` of faiss's squared L2), sorted
-ascending, and the bank indices. Squared distances are what faiss ``IndexFlatL2`` computes; we take
+Both backends return **plain Euclidean** distances, sorted ascending, and the bank indices. The
+matmul form ||q||^2 - 2 q·b + ||b||^2 loses digits in float32 at high dimension (1024-d PatchCore
+features: ~1e-3 relative), so the distances of the k neighbours found are recomputed exactly as
+||q - b|| before they are returned: scores do not depend on the backend or the chunking. Squared distances are what faiss ``IndexFlatL2`` computes; we take
 the root so scores keep the papers' units (a monotone change: image-level rankings are unaffected).
+
+``auto`` picks faiss on CPU, and on CUDA only a GPU build of faiss (the ``gpu`` extra), whose index
+then takes and returns device tensors; with a CPU-only faiss, CUDA searches run on torch's matmul.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import torch
@@ -18,6 +25,11 @@ except ImportError:  # pragma: no cover - exercised only without faiss installed
     faiss = None
 
 BACKENDS = ["auto", "faiss", "torch"]
+
+
+def faiss_gpu_available() -> bool:
+    """A faiss build with GPU support and at least one GPU it can use."""
+    return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 def squared_distances(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,27 +53,30 @@ class NearestNeighbours:
             raise unknown_choice("nn.backend", backend, BACKENDS)
         if backend == "faiss" and faiss is None:
             raise ImportError("nn.backend=faiss needs faiss-cpu or faiss-gpu installed")
-        self.backend = "faiss" if backend == "auto" and faiss is not None else ("torch" if backend == "auto" else backend)
         self.device = torch.device(device)
+        if backend == "auto":
+            usable = faiss is not None and (self.device.type != "cuda" or faiss_gpu_available())
+            backend = "faiss" if usable else "torch"
+        self.backend = backend
         self.max_block_bytes = max_block_bytes
         self.bank: torch.Tensor | None = None
         self._index = None
+        self._on_gpu = False
 
-    def fit(self, bank: torch.Tensor) -> "NearestNeighbours":
+    def fit(self, bank: torch.Tensor) -> NearestNeighbours:
         self.bank = bank.float().contiguous().to(self.device)
         if self.backend == "faiss":
             self._index = faiss.IndexFlatL2(bank.shape[1])
-            if self.device.type == "cuda" and hasattr(faiss, "StandardGpuResources"):
+            self._on_gpu = self.device.type == "cuda" and faiss_gpu_available()
+            if self._on_gpu:
+                importlib.import_module("faiss.contrib.torch_utils")  # faiss indexes then take and return torch (device) tensors
+
                 self._resources = faiss.StandardGpuResources()
                 self._index = faiss.index_cpu_to_gpu(self._resources, self.device.index or 0, self._index)
             self._index.add(self.bank.cpu().numpy())
         else:
             self._bank_sq = (self.bank * self.bank).sum(1)
         return self
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.bank is None else self.bank.numel() * self.bank.element_size()
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(distances, indices), each (N, k), distances plain L2 ascending."""
@@ -76,10 +91,15 @@ class NearestNeighbours:
         query_rows = max(1, self.max_block_bytes // (4 * queries.shape[1]))
         out_d, out_i = [], []
         for q in queries.detach().split(query_rows):
-            sq, idx = self._index.search(np.ascontiguousarray(q.float().cpu().numpy()), k)
-            out_d.append(torch.from_numpy(sq).clamp_(min=0).sqrt_())
-            out_i.append(torch.from_numpy(idx))
-        return torch.cat(out_d).to(queries.device), torch.cat(out_i).to(queries.device)
+            if self._on_gpu:  # queries, distances and indices stay on the GPU
+                _, idx = self._index.search(q.to(self.device).float().contiguous(), k)
+            else:
+                idx = torch.from_numpy(self._index.search(np.ascontiguousarray(q.float().cpu().numpy()), k)[1])
+            q = q.to(self.device).float()
+            idx = idx.to(self.device)
+            out_d.append(self._exact(q, idx))
+            out_i.append(idx)
+        return _sorted(torch.cat(out_d), torch.cat(out_i), queries.device)
 
     def _torch_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         n_bank = self.bank.shape[0]
@@ -99,6 +119,18 @@ class NearestNeighbours:
                     d, order = torch.cat([best_d, d], 1).topk(k, dim=1, largest=False)
                     i = torch.cat([best_i, i], 1).gather(1, order)
                 best_d, best_i = d, i
-            out_d.append(best_d.sqrt_())
+            out_d.append(self._exact(q, best_i))
             out_i.append(best_i)
-        return torch.cat(out_d), torch.cat(out_i)
+        return _sorted(torch.cat(out_d), torch.cat(out_i), queries.device)
+
+    def _exact(self, queries: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """||q - b|| for each query and its k neighbours, in row blocks within the memory budget."""
+        rows = max(1, self.max_block_bytes // (4 * idx.shape[1] * queries.shape[1]))
+        return torch.cat([torch.linalg.vector_norm(q[:, None, :] - self.bank[i], dim=2)
+                          for q, i in zip(queries.split(rows), idx.split(rows))])
+
+
+def _sorted(dist: torch.Tensor, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neighbours re-ordered by their exact distances (near-ties may swap after the recomputation)."""
+    dist, order = dist.sort(dim=1)
+    return dist.to(device), idx.gather(1, order).to(device)

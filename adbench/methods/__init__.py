@@ -13,7 +13,7 @@ from ..errors import unknown_choice
 from .base import AnomalyDetector, NotFittedError, Prediction
 
 _REGISTRY: dict[str, type[AnomalyDetector]] = {}
-_NOT_METHODS = {"base", "params", "scoring", "training"}  # helpers, not methods
+_NOT_METHODS = {"base", "cost", "params", "scoring", "training"}  # helpers, not methods
 
 
 def register(name: str):

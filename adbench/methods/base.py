@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import AdbenchError
+from ..errors import AdbenchError, ConfigError
 from ..features.backbones import Backbone
 
 
@@ -44,13 +44,15 @@ class AnomalyDetector(ABC):
     pixel_level: ClassVar[bool] = True
     learns_from_anomalies: ClassVar[bool] = False
     member_key: ClassVar[str | None] = None
+    # deliberate differences from the paper / the authors' code, one short line each (recorded with every run)
+    deviations: ClassVar[tuple[str, ...]] = ()
     # ranges / choices of constructor arguments, checked before any data is read (see params.py)
     param_constraints: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, backbone: Backbone, layers: list[str], device: str | torch.device = "cpu"):
         missing = [layer for layer in layers if layer not in backbone.layers]
         if missing:
-            raise ValueError(f"{type(self).__name__}: layers {missing} not extracted by backbone (has {backbone.layers})")
+            raise ConfigError(f"{type(self).__name__}: layers {missing} not extracted by backbone (has {backbone.layers})")
         self.backbone, self.layers, self.device = backbone, list(layers), torch.device(device)
         self.backbone.to(self.device)
         self.fit_info: dict[str, Any] = {}
@@ -68,7 +70,7 @@ class AnomalyDetector(ABC):
         for batch in tqdm(batches, desc=f"{self.name}: {desc}", leave=False):
             yield batch["image"]
 
-    def fit(self, batches: Iterable[dict]) -> "AnomalyDetector":
+    def fit(self, batches: Iterable[dict]) -> AnomalyDetector:
         """Learn the model of normality from normal training images."""
         self._fit(batches)
         self.is_fitted = True
@@ -104,7 +106,7 @@ class AnomalyDetector(ABC):
                 raise TypeError(f"{type(self).__name__}.{attr} is neither a tensor nor a module")
         return state
 
-    def load_fitted_state(self, state: dict[str, torch.Tensor]) -> "AnomalyDetector":
+    def load_fitted_state(self, state: dict[str, torch.Tensor]) -> AnomalyDetector:
         """Restore what ``fitted_state`` returned, then rebuild derived objects (``_after_load``)."""
         for attr in self.fitted_attributes:
             value = getattr(self, attr)

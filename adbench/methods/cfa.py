@@ -1,9 +1,12 @@
 """CFA (Lee et al., IEEE Access 2022): coupled-hypersphere-based feature adaptation, compact memory bank.
 
-features: p_t = patch_features(layers 1..3): 3x3 average pool, upsample to layer 1, concatenate (D, H, W);
-          ``feature_scale: channels`` first divides each layer by its channel count (the official code's
-          EfficientNet path), which puts squared distances on the scale of r^2 and alpha
-phi:      1x1 CoordConv (x / y channels in [-1, 1] appended to p), He init, D -> gamma_d * D channels
+features: p_t = patch_features(layers 1..3): 3x3 average pool (zero padded, / 9), upsample bilinearly to
+          layer 1, concatenate (D, H, W); ``feature_scale: channels`` first divides each layer by its
+          channel count (the official code's EfficientNet path), which puts squared distances on the
+          scale of r^2 and alpha
+phi:      1x1 CoordConv (row / column channels in [-1, 1] appended to p, in the official order), He init,
+          D -> width_factor * gamma_d * D channels (official code: width 2 D / gamma_d for EfficientNet, D / gamma_d
+          for ResNet and VGG)
 bank C:   built once from phi_0 (the untrained phi) of the training images; |C| = gamma_c * H * W,
           independent of the number of training images |X| (Table 1)
             "mean" (official code): C = mean over the images of the phi_0 map, K-means to |C| centres
@@ -13,7 +16,8 @@ bank C:   built once from phi_0 (the untrained phi) of the training images; |C| 
 loss:     c_t^k = k-th nearest centre of phi(p_t), D = squared Euclidean distance (as the official code)
           L_att = 1/(TK) sum_t sum_{k<=K}    max(0, D(phi(p_t), c_t^k) - r^2)              (Eq. 2)
           L_rep = 1/(TJ) sum_t sum_{K<j<=K+J} max(0, r^2 - D(phi(p_t), c_t^j) - alpha)     (Eq. 3)
-          L_CFA = L_att + L_rep; r learnable (init 1e-5); AdamW (amsgrad) on phi and r
+          L_CFA = L_att + L_rep; r learnable (init 1e-5); AdamW (amsgrad, lr 1e-3, wd 5e-4) on phi and r,
+          30 epochs of batches of 4 (official trainer_cfa.py; incomplete last batch dropped, as there)
 score:    d_k = ||phi(p_t) - c_t^k||, S_t = d_1, A_t = softmin(d_1..d_K)_1 * S_t              (Eq. 5)
           maps: A upsampled, Gaussian sigma = 4; image score = max of the map.
 
@@ -23,23 +27,25 @@ with their training images' mean and std, are averaged where they overlap (the b
 resize view). With a 256 px uncropped input, view_size 224 and crop_fraction 0.875 the two views are
 exactly the paper's "resize to 224" and "resize to 256, crop 224" samples.
 
-Model selection is honest: a fixed number of epochs (default), or early stopping on the training
-loss of a validation split held out of train/good (``val_fraction`` > 0). The test set is never seen.
-The official code's 1/nu = 1000 loss factor is left out: AdamW's update is invariant to it.
+Model selection is honest: the official 30 epochs (default), or early stopping on the CFA loss of a
+validation split held out of train/good (``val_fraction`` > 0; conf/experiment/cfa_early_stop.yaml).
+The test set is never seen (the official trainer reports the best test score over its 30 epochs).
+The official code's 1/nu = 1000 loss factor is left out: AdamW's update is invariant to it (up to eps).
+The radius starts at 1e-5 and AdamW moves it by about lr per step, so L_rep (zero while r^2 <= alpha)
+only acts after a few hundred steps: with fewer epochs CFA is CFA without L_rep (Table 5's "att").
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, unknown_choice
 from ..features.maps import upsample_scores
@@ -47,6 +53,7 @@ from ..features.nn_search import NearestNeighbours
 from ..features.patches import flatten_patches, patch_features
 from . import register
 from .base import AnomalyDetector, Prediction
+from .training import TrainingLoop, holdout
 
 ADAPTATIONS = ["none", "att", "att_rep"]  # Table 5: no adaptation / L_att only / L_att + L_rep
 BANK_INITS = ["mean", "ema"]
@@ -75,9 +82,9 @@ class CoordConv(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, _, h, w = features.shape
-        ys = torch.linspace(-1, 1, h, device=features.device, dtype=features.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
-        xs = torch.linspace(-1, 1, w, device=features.device, dtype=features.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
-        return self.conv(torch.cat([features, xs, ys], dim=1))
+        rows = torch.linspace(-1, 1, h, device=features.device, dtype=features.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+        cols = torch.linspace(-1, 1, w, device=features.device, dtype=features.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+        return self.conv(torch.cat([features, rows, cols], dim=1))  # official AddCoords order: row, then column
 
 
 class CFAHead(nn.Module):
@@ -112,13 +119,14 @@ def greedy_nearest(centres: torch.Tensor, candidates: torch.Tensor) -> torch.Ten
 @register("cfa")
 class CFA(AnomalyDetector):
     param_constraints = {
-        "patch_size": "[1, inf)", "gamma_d": "(0, 1]", "gamma_c": "(0, 1]", "ema_beta": "(0, 1)", "num_neighbors": "[1, inf)",
+        "patch_size": "[1, inf)", "width_factor": "(0, inf)", "gamma_d": "(0, 1]", "gamma_c": "(0, 1]", "ema_beta": "(0, 1)", "num_neighbors": "[1, inf)",
         "num_hard_negatives": "[0, inf)", "alpha": "[0, inf)", "radius_init": "[0, inf)", "epochs": "[0, inf)",
         "train_batch_size": "[1, inf)", "lr": "(0, inf)", "weight_decay": "[0, inf)", "val_fraction": "[0, 1)",
         "patience": "[1, inf)", "crop_fraction": "(0, 1]", "sigma": "[0, inf)", "nn_backend": ["auto", "faiss", "torch"], "seed": "[0, inf)",
     }
     fitted_attributes = ("heads", "bank", "score_stats")
     default_views: tuple[str, ...] = ("resize",)
+    deviations: ClassVar[tuple[str, ...]] = ("official-code bank: mean phi_0 map (paper Alg. 1: bank_init=ema)",)
 
     def __init__(
         self,
@@ -126,6 +134,7 @@ class CFA(AnomalyDetector):
         layers: list[str],
         patch_size: int = 3,
         feature_scale: str = "none",
+        width_factor: float = 1.0,
         gamma_d: float = 1.0,
         gamma_c: float = 1.0,
         bank_init: str = "mean",
@@ -135,7 +144,7 @@ class CFA(AnomalyDetector):
         alpha: float = 0.1,
         radius_init: float = 1e-5,
         adaptation: str = "att_rep",
-        epochs: int = 5,
+        epochs: int = 30,
         train_batch_size: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 5e-4,
@@ -176,6 +185,7 @@ class CFA(AnomalyDetector):
                 f"but dataset.crop={input_crop} != dataset.resize={input_resize}; set dataset.crop={input_resize}"
             )
         self.patch_size, self.feature_scale, self.gamma_d, self.gamma_c = patch_size, feature_scale, gamma_d, gamma_c
+        self.width_factor = width_factor
         self.bank_init, self.ema_beta = bank_init, ema_beta
         self.num_neighbors, self.num_hard_negatives, self.alpha = num_neighbors, num_hard_negatives, alpha
         self.adaptation, self.epochs, self.train_batch_size = adaptation, epochs, train_batch_size
@@ -185,7 +195,7 @@ class CFA(AnomalyDetector):
         # torch search on CUDA: the faiss-cpu index would copy every query batch to the host
         self.nn_backend = "torch" if nn_backend == "auto" and self.device.type == "cuda" else nn_backend
         in_dim = sum(backbone.channels[layer] for layer in self.layers)
-        out_dim = max(1, round(in_dim * gamma_d))
+        out_dim = max(1, round(width_factor * in_dim * gamma_d))
         generators = [torch.Generator().manual_seed(seed + i) for i in range(len(views))]
         self.heads = nn.ModuleList(CFAHead(in_dim, out_dim, radius_init, g) for g in generators).to(self.device)
         self.bank: torch.Tensor | None = None  # (views, |C|, D')
@@ -251,67 +261,42 @@ class CFA(AnomalyDetector):
         return bank
 
     # --- training ---------------------------------------------------------------------------------
-    def cfa_loss(self, head: CFAHead, features: torch.Tensor, bank: torch.Tensor, index: NearestNeighbours) -> torch.Tensor:
-        """L_att (+ L_rep) of a batch of cached features (B, D, h, w)."""
+    def cfa_losses(self, head: CFAHead, features: torch.Tensor, bank: torch.Tensor, index: NearestNeighbours) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_att, L_rep) of a batch of cached features (B, D, h, w); L_rep is 0 for ``adaptation: att``."""
         phi = flatten_patches(head.descriptor(features))
         k, j = self.num_neighbors, self.num_hard_negatives if self.adaptation == "att_rep" else 0
         with torch.no_grad():
             _, nearest = index.search(phi.detach(), k + j)
         sq_dist = (phi[:, None, :] - bank[nearest]).pow(2).sum(-1)  # (N, K + J), differentiable in phi
-        loss = attraction_loss(sq_dist[:, :k], head.radius)
-        if j:
-            loss = loss + repulsion_loss(sq_dist[:, k:], head.radius, self.alpha)
-        return loss
+        rep = repulsion_loss(sq_dist[:, k:], head.radius, self.alpha) if j else sq_dist.new_zeros(())
+        return attraction_loss(sq_dist[:, :k], head.radius), rep
 
-    def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training / validation image indices (validation only when ``val_fraction`` > 0)."""
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        n_val = math.floor(n * self.val_fraction)
-        if self.val_fraction and not 0 < n_val < n:
-            raise ConfigError(f"method.val_fraction={self.val_fraction} leaves no validation or no training image of {n}")
-        return order[n_val:].sort().values, order[:n_val].sort().values
+    def cfa_loss(self, head: CFAHead, features: torch.Tensor, bank: torch.Tensor, index: NearestNeighbours) -> torch.Tensor:
+        """L_CFA = L_att + L_rep of a batch of cached features (B, D, h, w)."""
+        return sum(self.cfa_losses(head, features, bank, index))
 
     def _train(self, head: CFAHead, bank: torch.Tensor, features: torch.Tensor, train: torch.Tensor, val: torch.Tensor, view: str) -> dict:
         """Optimise phi and r for ``epochs`` (or until the validation loss stops improving)."""
         index = NearestNeighbours(self.nn_backend, self.device).fit(bank)
         optimiser = torch.optim.AdamW(head.parameters(), lr=self.lr, weight_decay=self.weight_decay, amsgrad=True)
-        generator = torch.Generator().manual_seed(self.seed)
-        steps = math.ceil(len(train) / self.train_batch_size)
-        best_loss, best_epoch, best_state, history = math.inf, 0, None, []
-        bar = tqdm(total=self.epochs * steps, desc=f"{self.name}: train {view}", leave=False)
-        for epoch in range(1, self.epochs + 1):
-            head.train()
-            total = 0.0
-            for batch in train[torch.randperm(len(train), generator=generator)].split(self.train_batch_size):
-                loss = self.cfa_loss(head, features[batch.to(features.device)].to(self.device), bank, index)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += loss.item()
-                bar.update()
-                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", r=f"{head.radius.item():.4f}")
-            entry = {"epoch": epoch, "train_loss": total / steps}
-            if len(val):
-                with torch.no_grad():
-                    head.eval()
-                    parts = [self.cfa_loss(head, features[b.to(features.device)].to(self.device), bank, index).item() for b in val.split(self.train_batch_size)]
-                entry["val_loss"] = float(np.mean(parts))
-                if entry["val_loss"] < best_loss:
-                    best_loss, best_epoch = entry["val_loss"], epoch
-                    best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-            history.append(entry)
-            if len(val) and epoch - best_epoch >= self.patience:
-                break
-        bar.close()
-        head.eval()
-        if best_state is not None:
-            head.load_state_dict(best_state)
-        return {
-            "epochs_run": len(history),
-            "best_epoch": best_epoch if len(val) else len(history),
-            "radius": head.radius.item(),
-            "history": [{k: round(v, 6) if isinstance(v, float) else v for k, v in e.items()} for e in history],
-        }
+
+        def batch_of(items: torch.Tensor) -> torch.Tensor:
+            return features[items.to(features.device)].to(self.device)
+
+        def step(items: torch.Tensor, _: torch.Generator) -> dict[str, float]:
+            if len(items) < self.train_batch_size <= len(train):  # the official loader drops the incomplete last batch
+                return {}
+            att, rep = self.cfa_losses(head, batch_of(items), bank, index)
+            optimiser.zero_grad(set_to_none=True)
+            (att + rep).backward()
+            optimiser.step()
+            return {"loss": att.item() + rep.item(), "att": att.item(), "rep": rep.item(), "rep_active": float(rep.item() > 0)}
+
+        loop = TrainingLoop(self.epochs, self.train_batch_size, self.seed, self.patience, f"{self.name}: train {view}")
+        info = loop.run(head, train, step, val, lambda items: self.cfa_loss(head, batch_of(items), bank, index).item())
+        info["radius"] = head.radius.item()
+        info["rep_active_epochs"] = sum(e.get("train_rep_active", 0.0) > 0 for e in loop.history)
+        return info
 
     # --- fit / predict ----------------------------------------------------------------------------
     def _fit(self, batches: Iterable[dict]) -> None:
@@ -325,7 +310,7 @@ class CFA(AnomalyDetector):
         for v, head in zip(self.views, self.heads):
             features = torch.cat(cached.pop(v))
             n_patches = features.shape[-2] * features.shape[-1]
-            train, val = self._split(features.shape[0])
+            train, val = holdout(features.shape[0], self.val_fraction, self.seed)
             bank = self.build_bank(head, features[train.to(features.device)])
             per_view[v] = self._train(head, bank, features, train, val, v) if self.adaptation != "none" and self.epochs else {"epochs_run": 0}
             banks.append(bank)
@@ -338,11 +323,8 @@ class CFA(AnomalyDetector):
         if stats:
             self.score_stats = torch.stack(stats)
         self._after_load()
-        selection = (
-            f"early stopping on the CFA loss of {len(val)} validation images held out of train/good (patience {self.patience})"
-            if len(val)
-            else (f"fixed {self.epochs} epoch{'s' * (self.epochs != 1)} (no model selection)" if self.adaptation != "none" and self.epochs else "no training (phi_0)")
-        )
+        trained = [info for info in per_view.values() if "selection" in info]
+        selection = trained[0]["selection"] if trained else "no training (phi_0)"
         self.fit_info = {
             "selection": selection,
             "adaptation": self.adaptation,

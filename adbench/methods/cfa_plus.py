@@ -8,6 +8,8 @@ passes both so a cropped input is refused.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from . import register
 from .cfa import CFA
 
@@ -17,3 +19,7 @@ class CFAPlusPlus(CFA):
     """CFA++: registered under its own name so its records and leaderboard rows say so."""
 
     default_views = ("resize", "crop")
+    deviations: ClassVar[tuple[str, ...]] = (
+        *CFA.deviations,
+        "scored on the uncropped 256 px image (others: 224 px centre crop)",
+    )

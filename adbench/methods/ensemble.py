@@ -101,7 +101,7 @@ class Ensemble(AnomalyDetector):
             map_stats = robust_stats(np.concatenate([p.maps for p in predictions])) if self.pixel_level else (0.0, 1.0)
             for what, (_, scale) in (("image scores", image_stats), ("anomaly maps", map_stats)):
                 if not scale > 0:
-                    raise ValueError(
+                    raise ConfigError(
                         f"ensemble member {name}: its {what} on the calibration images have MAD 0, so they cannot be "
                         "normalised (it memorises its training images); use method.calibration=holdout"
                     )
@@ -128,7 +128,7 @@ class Ensemble(AnomalyDetector):
             state.update({f"members.{i}.{k}": v for k, v in member.fitted_state().items()})
         return state
 
-    def load_fitted_state(self, state: dict[str, torch.Tensor]) -> "Ensemble":
+    def load_fitted_state(self, state: dict[str, torch.Tensor]) -> Ensemble:
         if "stats" not in state:
             raise KeyError("saved state lacks 'stats'")
         self.stats = state["stats"].to(torch.float64)

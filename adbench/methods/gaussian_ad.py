@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 
+from ..errors import DataError
 from . import register
 from .base import AnomalyDetector, Prediction
 
@@ -46,7 +47,7 @@ class GaussianAD(AnomalyDetector):
     def _fit(self, batches: Iterable[dict]) -> None:
         pooled = [torch.cat(stage).double().cpu().numpy() for stage in zip(*(self.embed(x) for x in self.images(batches, "features")))]
         if not pooled or pooled[0].shape[0] < 2:
-            raise ValueError(f"Gaussian AD needs at least 2 training images, got {pooled[0].shape[0] if pooled else 0}")
+            raise DataError(f"Gaussian AD needs at least 2 training images, got {pooled[0].shape[0] if pooled else 0}")
         estimates = [LedoitWolf().fit(x) for x in pooled]
         self.mean = torch.from_numpy(np.concatenate([e.location_ for e in estimates])).to(self.device)
         self.precision = torch.from_numpy(np.concatenate([e.precision_.ravel() for e in estimates])).to(self.device)

@@ -1,8 +1,11 @@
 """PaDiM (Defard et al., ICPR 2020): one multivariate Gaussian per feature-map position.
 
-embed: x_ij = concat of the pyramid layers at position (i, j) (deeper layers upsampled to the finest
-       grid), restricted to a fixed random subset of d channels.
+embed: x_ij = concat of the pyramid layers at position (i, j) (deeper layers replicated onto the finest
+       grid: nearest upsampling, as the official code's unfold/fold and anomalib), restricted to a fixed
+       random subset of d channels.
 fit:   mu_ij = mean_k x^k_ij,  Sigma_ij = cov_k(x^k_ij) + eps I   (unbiased, eps = 0.01)
+       one training image (few-shot K = 1): the unbiased covariance is undefined (the official code's
+       np.cov gives NaN); the scatter is zero, so Sigma_ij = eps I and M is ||x_ij - mu_ij|| / sqrt(eps)
        Sigma_ij = L_ij L_ij^T (Cholesky), kept as the inverse factor W_ij = L_ij^-1
 score: M(x_ij) = sqrt((x_ij - mu_ij)^T Sigma_ij^-1 (x_ij - mu_ij)) = ||W_ij (x_ij - mu_ij)||
 maps:  M upsampled bilinearly, Gaussian sigma = 4;  image score = max of the map.
@@ -83,7 +86,7 @@ class PaDiM(AnomalyDetector):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, d, h, w) embedding vectors: pyramid concatenation, random channel subset."""
-        features = patch_features(self.layer_maps(images), patch_size=1)
+        features = patch_features(self.layer_maps(images), patch_size=1, upsample="nearest")
         return features.index_select(1, self.channel_index.to(features.device))
 
     def _blocks(self, positions: int) -> Iterator[slice]:
@@ -119,12 +122,12 @@ class PaDiM(AnomalyDetector):
             for block in self._blocks(x.shape[0]):
                 scatter[block].baddbmm_(x[block].transpose(1, 2), x[block])
             count += x.shape[1]
-        if count < 2:
-            raise ValueError(f"PaDiM needs at least 2 training images to estimate a covariance, got {count}")
+        if count == 0:
+            raise DataError("PaDiM: no training images")
         offset = total / count  # (hw, 1, d): mean - shift
         for block in self._blocks(scatter.shape[0]):
             cov = scatter[block]  # Sigma = (sum x x^T - n m m^T) / (n - 1) + eps I, in place
-            cov.baddbmm_(offset[block].transpose(1, 2), offset[block], alpha=-count).div_(count - 1)
+            cov.baddbmm_(offset[block].transpose(1, 2), offset[block], alpha=-count).div_(max(count - 1, 1))
             cov.diagonal(dim1=1, dim2=2).add_(self.eps)
             scatter[block] = inverse_lower(torch.linalg.cholesky(cov))
         self.mean = (shift + offset).squeeze(1)

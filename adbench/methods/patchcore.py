@@ -1,9 +1,18 @@
 """PatchCore (Roth et al., CVPR 2022): locally aware patch features, greedy coreset memory bank, 1-NN.
 
+phi:   3x3 mean of each layer (zero padded, / 9), each layer pooled along its channels to embed_dim,
+       deeper layers upsampled bilinearly, the L x embed_dim stack pooled to embed_dim
+       (patchcore-inspection's Preprocessing + Aggregator: every layer weighs the same)   (Eq. 2-3)
 fit:   M = greedy-coreset_ratio( {phi(p) : p patch of a normal image} )              (Alg. 1)
 score: s(p) = min_{m in M} ||phi(p) - m||;  image score s* = max_p s(p)                (Eq. 6)
        optional re-weighting (Eq. 7): s = (1 - exp||m_t* - m*|| / sum_{m in N_b(m*)} exp||m_t* - m||) s*
 maps:  patch scores upsampled bilinearly, Gaussian sigma = 4.
+
+Beside patchcore-inspection: it pools each flattened C x 3 x 3 neighbourhood to embed_dim in one step,
+which equals the 3x3 mean + channel pooling here when C is a multiple of embed_dim (WRN50 layer3) and
+not otherwise (layer2 mixes half neighbourhoods); it scores squared faiss distances (Eq. 6 and anomalib:
+Euclidean, as here). anomalib keeps the concatenation unreduced (``embed_dim: null``) and upsamples maps
+nearest; its Gaussian blur (torch reflect padding) is the one used here.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from ..features.coreset import coreset_indices
 from ..features.maps import upsample_scores
 from ..features.nn_search import NearestNeighbours
 from ..features.patches import flatten_patches, patch_features
+from ..features.store import FeatureStore
 from . import register
 from .base import AnomalyDetector, Prediction
 
@@ -59,11 +69,14 @@ class PatchCore(AnomalyDetector):
         return patch_features(self.layer_maps(images), self.patch_size, self.embed_dim, "avgpool")
 
     def _fit(self, batches: Iterable[dict]) -> None:
-        features = torch.cat([flatten_patches(self.embed(x)) for x in self.images(batches, "features")])
-        keep = coreset_indices(features, self.coreset_ratio, self.proj_dim, self.seed)
-        self.bank = features[keep.to(features.device)].contiguous()
+        features = FeatureStore()  # held once, in RAM or a temporary file (fit_memory budget)
+        for x in self.images(batches, "features"):
+            features.append(flatten_patches(self.embed(x)))
+        keep = coreset_indices(features, self.coreset_ratio, self.proj_dim, self.seed, device=self.device)
+        self.bank = (features.tensor() if self.coreset_ratio >= 1 else features.take(keep)).to(self.device).contiguous()
         self.nn.fit(self.bank)
-        self.fit_info = {"patches": int(features.shape[0]), "coreset": int(keep.numel())}
+        self.fit_info = {"patches": len(features), "coreset": int(keep.numel()), "features_spilled": features.spilled}
+        features.close()
 
     def _after_load(self) -> None:
         self.nn.fit(self.bank)

@@ -22,32 +22,43 @@ patches, so the N x N similarity matrices stay small enough for a CPU.
 N_k(i) holds i itself (its own nearest neighbour), as in the contextual similarity of STML (Kim et al.
 2022) that the paper adopts. The optimiser is torch's AdamW rather than the paper's AdamP: the ``adamp``
 package has had no release since 2020, and AdamW with the same lr and weight decay is in torch.
+
+sigma: the paper's w_p = exp(-||z_bar_i - z_bar_j||^2 / sigma) has no normalisation, so sigma carries the
+scale of the features. With the paper's sigma = 1 (conf default) and EfficientNet-Lite features the
+squared distances are in the hundreds: w_p averages 7e-5 off the diagonal (bottle; fit_info records it as
+pairwise_off_diagonal), so the pseudo-labels are in effect the contextual term alone. ``sigma: null`` sets sigma per step to the median squared distance of
+that step's z_bar pairs (the median heuristic; training patches only), a declared adbench variant.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..features.coreset import coreset_indices
 from ..features.maps import upsample_scores
 from ..features.nn_search import NearestNeighbours, squared_distances
 from ..features.patches import flatten_patches, patch_features
+from ..features.store import FeatureStore
 from . import register
 from .base import AnomalyDetector, Prediction
+from .training import TrainingLoop, holdout
 
 
-def pairwise_similarity(z: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(N, N) w_p = exp(-||z_i - z_j||^2 / sigma)."""
-    return torch.exp(-squared_distances(z, z) / sigma)
+def pairwise_similarity(z: torch.Tensor, sigma: float | None) -> torch.Tensor:
+    """(N, N) w_p = exp(-||z_i - z_j||^2 / sigma); sigma None: the median squared distance of the pairs i != j."""
+    sq = squared_distances(z, z)
+    if sigma is None:
+        off_diagonal = ~torch.eye(len(z), dtype=torch.bool, device=z.device)
+        sigma = float(sq[off_diagonal].median().clamp_min(1e-12))
+    return torch.exp(-sq / sigma)
 
 
 def nearest_indices(z: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,10 +104,15 @@ class ReConPatch(AnomalyDetector):
         "patch_size": "[1, inf)", "embed_dim": "[1, inf)", "feature_dim": "[1, inf)", "head_dim": "[1, inf)", "epochs": "[0, inf)",
         "images_per_step": "[1, inf)", "patches_per_step": "[2, inf)", "lr": "(0, inf)", "weight_decay": "[0, inf)",
         "ema_momentum": "[0, 1]", "k": "[1, inf)", "alpha": "[0, 1]", "sigma": "(0, inf)", "margin": "[0, inf)",
+        "val_fraction": "[0, 1)", "patience": "[1, inf)",
         "coreset_ratio": "(0, 1]", "proj_dim": "[1, inf)", "map_sigma": "[0, inf)", "nn_backend": ["auto", "faiss", "torch"],
         "nn_max_block_bytes": "[1, inf)", "seed": "[0, inf)",
     }
     fitted_attributes = ("feature_layer", "bank")
+    deviations: ClassVar[tuple[str, ...]] = (
+        "AdamW (paper: AdamP)",
+        "patches subsampled per step (CPU memory)",
+    )
 
     def __init__(
         self,
@@ -114,8 +130,10 @@ class ReConPatch(AnomalyDetector):
         ema_momentum: float = 0.99,
         k: int = 5,
         alpha: float = 0.5,
-        sigma: float = 1.0,
+        sigma: float | None = 1.0,
         margin: float = 1.0,
+        val_fraction: float = 0.0,
+        patience: int = 3,
         coreset_ratio: float = 0.01,
         proj_dim: int | None = 128,
         map_sigma: float = 4.0,
@@ -135,9 +153,9 @@ class ReConPatch(AnomalyDetector):
         self.epochs, self.images_per_step, self.patches_per_step = epochs, images_per_step, patches_per_step
         self.lr, self.weight_decay, self.ema_momentum = lr, weight_decay, ema_momentum
         self.k, self.alpha, self.sigma, self.margin = k, alpha, sigma, margin
+        self.val_fraction, self.patience = val_fraction, patience
         self.coreset_ratio, self.proj_dim, self.map_sigma, self.seed = coreset_ratio, proj_dim, map_sigma, seed
-        in_dim = sum(backbone.channels[layer] for layer in self.layers)
-        in_dim = min(in_dim, embed_dim) if embed_dim else in_dim
+        in_dim = embed_dim or sum(backbone.channels[layer] for layer in self.layers)  # patch_features' width
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
             torch.manual_seed(seed)
             self.feature_layer = nn.Linear(in_dim, feature_dim).to(self.device)  # f
@@ -149,68 +167,77 @@ class ReConPatch(AnomalyDetector):
         """(B, C, h, w) PatchCore locally aware patch features p."""
         return patch_features(self.layer_maps(images), self.patch_size, self.embed_dim, "avgpool")
 
-    def pseudo_labels(self, z_bar: torch.Tensor) -> torch.Tensor:
-        """w = alpha w_p + (1 - alpha) w_c on the EMA embeddings."""
-        return self.alpha * pairwise_similarity(z_bar, self.sigma) + (1 - self.alpha) * contextual_similarity(z_bar, self.k)
+    def pseudo_labels(self, z_bar: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """w = alpha w_p + (1 - alpha) w_c on the EMA embeddings, and the mean of w_p off the diagonal."""
+        pairwise = pairwise_similarity(z_bar, self.sigma)
+        off_diagonal = float((pairwise.sum() - pairwise.diagonal().sum()) / max(1, len(z_bar) * (len(z_bar) - 1)))
+        return self.alpha * pairwise + (1 - self.alpha) * contextual_similarity(z_bar, self.k), off_diagonal
 
     def _fit(self, batches: Iterable[dict]) -> None:
         start = time.perf_counter()
-        maps = [self.patches(x) for x in self.images(batches, "features")]
-        per_image = maps[0].shape[2] * maps[0].shape[3]
-        features = torch.cat([flatten_patches(m) for m in maps])  # image-major rows
+        features = FeatureStore()  # image-major rows, held once (in RAM or a temporary file: fit_memory budget)
+        for x in self.images(batches, "features"):
+            p = self.patches(x)
+            per_image = p.shape[2] * p.shape[3]
+            features.append(flatten_patches(p))
         feature_seconds = time.perf_counter() - start
         losses = self.train_representation(features, per_image)
-        with torch.no_grad():
-            embedded = torch.cat([self.feature_layer(chunk) for chunk in features.split(65536)])
-        keep = coreset_indices(embedded, self.coreset_ratio, self.proj_dim, self.seed)
-        self.bank = embedded[keep.to(embedded.device)].contiguous()
+        with torch.no_grad():  # f(p) projected block by block: the N x feature_dim embedding is never held
+            keep = coreset_indices(features, self.coreset_ratio, self.proj_dim, self.seed, self.feature_layer, self.device)
+            self.bank = self.feature_layer(features.take(keep).to(self.device)).contiguous()
         self.nn.fit(self.bank)
         self.fit_info = {
-            "patches": int(features.shape[0]),
+            "patches": len(features),
             "coreset": int(keep.numel()),
             "feature_seconds": feature_seconds,
             **losses,
         }
+        features.close()
 
-    def train_representation(self, features: torch.Tensor, per_image: int) -> dict:
+    def train_representation(self, features: FeatureStore, per_image: int) -> dict:
         """The contrastive stage: train f and g on ``features`` (n_images * per_image, C)."""
         net = nn.Sequential(self.feature_layer, self.projection).train()
         ema = ema_copy(net, self.ema_momentum)  # f_bar, g_bar
-        n_images = features.shape[0] // per_image
-        steps_per_epoch = math.ceil(n_images / self.images_per_step)
+        n_images = len(features) // per_image
+        train, val = holdout(n_images, self.val_fraction, self.seed)
+        steps_per_epoch = -(-len(train) // self.images_per_step)
         optimiser = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, self.epochs * steps_per_epoch))
-        generator = torch.Generator().manual_seed(self.seed)
         offsets = torch.arange(per_image)
-        history: list[float] = []
-        start = time.perf_counter()
-        bar = tqdm(range(self.epochs), desc=f"{self.name}: contrastive training", leave=False)
-        for _ in bar:
-            epoch_losses = []
-            for group in torch.randperm(n_images, generator=generator).split(self.images_per_step):
-                rows = (group[:, None] * per_image + offsets).flatten()
-                rows = rows[torch.randperm(rows.numel(), generator=generator)[: self.patches_per_step]]
-                p = features[rows.to(features.device)]
-                with torch.no_grad():
-                    w = self.pseudo_labels(ema.module(p))
-                loss = relaxed_contrastive_loss(net(p), w, self.margin)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                ema.update_parameters(net)
-                epoch_losses.append(loss.item())
-            history.append(float(np.mean(epoch_losses)))
-            bar.set_postfix(loss=f"{history[-1]:.4f}")
-        net.eval()
-        seconds = time.perf_counter() - start
+
+        def patches(group: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            rows = (group[:, None] * per_image + offsets).flatten()
+            rows = rows[torch.randperm(rows.numel(), generator=generator)[: self.patches_per_step]]
+            return features.take(rows).to(self.device)
+
+        def loss_of(p: torch.Tensor) -> tuple[torch.Tensor, float]:
+            with torch.no_grad():
+                w, pairwise = self.pseudo_labels(ema.module(p))
+            return relaxed_contrastive_loss(net(p), w, self.margin), pairwise
+
+        def step(group: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+            loss, pairwise = loss_of(patches(group, generator))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            ema.update_parameters(net)
+            return {"loss": loss.item(), "pairwise_off_diagonal": pairwise}  # ~0: w is the contextual term alone
+
+        def val_loss(group: torch.Tensor) -> float:  # the same patches every epoch
+            return loss_of(patches(group, torch.Generator().manual_seed(self.seed + 1 + int(group[0]))))[0].item()
+
+        loop = TrainingLoop(self.epochs, self.images_per_step, self.seed, self.patience, f"{self.name}: contrastive training")
+        info = loop.run(net, train, step, val, val_loss)
+        history = [e["train_loss"] for e in loop.history]
         return {
+            **info,
             "epochs": self.epochs,
-            "steps": self.epochs * steps_per_epoch,
-            "train_seconds": seconds,
-            "train_images_per_s": n_images * self.epochs / seconds if self.epochs else None,
+            "steps": info["epochs_run"] * steps_per_epoch,
+            "train_images_per_s": len(train) * info["epochs_run"] / info["train_seconds"] if info["epochs_run"] else None,
             "loss_first_epoch": history[0] if history else None,
             "loss_last_epoch": history[-1] if history else None,
+            "pairwise_off_diagonal_last_epoch": loop.history[-1].get("train_pairwise_off_diagonal") if loop.history else None,
         }
 
     def _after_load(self) -> None:

@@ -1,11 +1,15 @@
 """SPADE (Cohen & Hoshen 2020): kNN over images, then kNN over the pixels of the nearest images.
 
 image: f_y = global-average-pooled last-stage feature of image y;
-       d(y) = 1/K sum_{f in N_K(f_y)} ||f - f_y||^2            (K nearest training images)
+       d(y) = 1/K sum_{f in N_K(f_y)} ||f - f_y||              (K nearest training images)
 pixel: G_y = feature maps (pyramid layers 1..3) of those K images, every position of every layer;
-       d(y, p) = 1/kappa sum_{f in N_kappa(F(y, p))} ||f - F(y, p)||^2, per layer against that
-       layer's gallery, layers averaged on the finest grid
-maps:  upsampled bilinearly, Gaussian sigma = 4.
+       d(y, p) = 1/kappa sum_{f in N_kappa(F(y, p))} ||f - F(y, p)||, per layer against that
+       layer's gallery; each layer's map upsampled bilinearly to the image, layers averaged
+maps:  Gaussian sigma = 4.
+
+The paper writes squared distances; the reference implementation (SPADE-pytorch, which the paper's
+numbers are usually reproduced with) averages plain Euclidean distances, over the K images and over
+the layers, and so does adbench (listed in ``deviations``).
 
 The memory bank is every training image's pooled vector plus its full pyramid feature maps
 (|X| x H x W x D per layer): SPADE keeps all of it, nothing is subsampled.
@@ -14,6 +18,7 @@ The memory bank is every training image's pooled vector plus its full pyramid fe
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,6 +27,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError, DataError
 from ..features.maps import upsample_scores
 from ..features.nn_search import NearestNeighbours
+from ..features.store import FeatureStore
 from . import register
 from .base import AnomalyDetector, Prediction
 
@@ -32,6 +38,7 @@ class SPADE(AnomalyDetector):
     param_constraints = {"top_k": "[1, inf)", "kappa": "[1, inf)", "sigma": "[0, inf)", "nn_backend": ["auto", "faiss", "torch"]}
 
     fitted_attributes = ("image_bank", "gallery", "gallery_shapes")
+    deviations: ClassVar[tuple[str, ...]] = ("plain distances (paper: squared; as SPADE-pytorch)",)
 
     def __init__(
         self,
@@ -56,7 +63,8 @@ class SPADE(AnomalyDetector):
 
     @torch.no_grad()
     def _fit(self, batches: Iterable[dict]) -> None:
-        vectors, rows, shapes = [], [], None
+        vectors, shapes = [], None
+        rows = FeatureStore()  # the gallery, held once (in RAM or a temporary file: fit_memory budget)
         for images in self.images(batches, "features"):
             *pyramid, last = self.layer_maps(images)
             batch_shapes = [tuple(m.shape[1:]) for m in pyramid]
@@ -69,9 +77,9 @@ class SPADE(AnomalyDetector):
             vectors.append(last.mean((2, 3)))
             rows.append(torch.cat([m.flatten(1) for m in pyramid], 1))
         if not vectors:
-            raise ValueError("SPADE.fit got no training images")
+            raise DataError("SPADE.fit got no training images")
         self.image_bank = torch.cat(vectors)
-        self.gallery = torch.cat(rows)
+        self.gallery = rows.tensor().to(self.device)
         self.gallery_shapes = torch.tensor(shapes)
         self.image_nn.fit(self.image_bank)
         self.fit_info = {"images": int(self.image_bank.shape[0]), "gallery_floats_per_image": int(self.gallery.shape[1])}
@@ -82,7 +90,7 @@ class SPADE(AnomalyDetector):
     def image_knn(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image scores d(y) (B,) and the indices (B, K) of the K nearest training images."""
         dist, index = self.image_nn.search(vectors, self.top_k)
-        return dist.square().mean(1), index
+        return dist.mean(1), index
 
     def _gallery_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Per pixel layer, all positions of the given training images as (len(images) * h * w, C) rows."""
@@ -94,15 +102,14 @@ class SPADE(AnomalyDetector):
             start += c * h * w
         return rows
 
-    def pixel_scores(self, pyramid: list[torch.Tensor], neighbours: torch.Tensor) -> torch.Tensor:
-        """(B, h0, w0) pixel kNN distances, each image against its neighbours' maps, averaged over layers."""
-        size = pyramid[0].shape[-2:]
+    def pixel_scores(self, pyramid: list[torch.Tensor], neighbours: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, *size) pixel kNN distances, each image against its neighbours' maps, upsampled to ``size``, averaged over layers."""
         scores = torch.zeros(pyramid[0].shape[0], *size, device=pyramid[0].device)
         for b, nearest in enumerate(neighbours):
             for maps, bank in zip(pyramid, self._gallery_maps(nearest)):
                 c, h, w = maps.shape[1:]
                 dist, _ = NearestNeighbours(self.nn_backend, self.device).fit(bank).search(maps[b].reshape(c, -1).T, self.kappa)
-                layer = dist.square().mean(1).reshape(1, 1, h, w).to(scores.device)
+                layer = dist.mean(1).reshape(1, 1, h, w).to(scores.device)
                 scores[b] += F.interpolate(layer, size=size, mode="bilinear", align_corners=False)[0, 0]
         return scores / len(pyramid)
 
@@ -112,7 +119,8 @@ class SPADE(AnomalyDetector):
         image, neighbours = self.image_knn(last.mean((2, 3)))
         if not self.compute_maps:  # the per-image gallery search is most of SPADE's cost
             return Prediction(image.cpu().numpy().astype(np.float64))
-        maps = upsample_scores(self.pixel_scores(pyramid, neighbours), tuple(images.shape[-2:]), self.sigma)
+        size = tuple(images.shape[-2:])
+        maps = upsample_scores(self.pixel_scores(pyramid, neighbours, size), size, self.sigma)
         return Prediction(image.cpu().numpy().astype(np.float64), maps.cpu().numpy())
 
     @property

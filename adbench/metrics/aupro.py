@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .binned import normalised_area
+
 EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
 
 
@@ -64,21 +66,10 @@ def pro_curve(maps: np.ndarray, masks: np.ndarray, limit: float = 1.0) -> tuple[
     return np.r_[0.0, fpr], np.r_[0.0, pro]
 
 
-def integrate_until(x: np.ndarray, y: np.ndarray, limit: float) -> float:
-    """Trapezoid integral of y(x) from 0 to ``limit``, interpolating y at ``limit``."""
-    inside = x <= limit
-    xs, ys = x[inside], y[inside]
-    if xs[-1] < limit and inside.sum() < x.size:
-        j = int(inside.sum())
-        t = (limit - x[j - 1]) / (x[j] - x[j - 1])
-        xs, ys = np.r_[xs, limit], np.r_[ys, y[j - 1] + t * (y[j] - y[j - 1])]
-    return float(np.trapezoid(ys, xs))
-
-
 def aupro(maps: np.ndarray, masks: np.ndarray, limit: float = 0.3) -> float | None:
     """Normalised area under the PRO curve up to FPR ``limit``; None without defect regions."""
     masks = np.asarray(masks).astype(bool)
     if not masks.any() or masks.all():
         return None
     fpr, pro = pro_curve(maps, masks, limit)
-    return integrate_until(fpr, pro, limit) / limit
+    return float(normalised_area(fpr, pro, limit))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from .records import config_hash
@@ -61,13 +62,14 @@ def pairs(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str,
             twin = clean.get(clean_twin_hash(record))
             if twin is not None:
                 found.append((twin, record))
-    return sorted(found, key=lambda p: (p[1]["dataset"], p[1]["category"], base_row(p[1]), p[1]["backbone"], p[1]["degrade"]))
+    return sorted(found, key=lambda p: (p[1]["dataset"], p[1]["category"], base_row(p[1]), p[1]["backbone"], p[1]["degrade"], p[1].get("seed", 0)))
 
 
-def degradation_section(records: list[dict[str, Any]]) -> list[str]:
+def degradation_section(records: list[dict[str, Any]], row_name: Callable[[dict[str, Any]], str] = base_row) -> list[str]:
     """Markdown lines of the robustness section ([] when no degraded run has a clean twin).
 
-    ``records`` should already hold one record per run (``adbench.report.latest``).
+    ``records`` should hold one record per run (:func:`adbench.results.table.current`); rows are named
+    ``row_name(clean twin)``.
     """
     found = pairs(records)
     unpaired = sum(1 for r in records if r.get("degrade")) - len(found)
@@ -77,7 +79,7 @@ def degradation_section(records: list[dict[str, Any]]) -> list[str]:
         "## Robustness: clean vs degraded test images",
         "",
         "Test images degraded after loading (training images clean), deterministic per image and seed; "
-        "kinds and severities in `adbench/degrade.py` (severity 3 = moderate). Each degraded run is paired with "
+        "kinds and severities in `adbench/data/degrade.py` (severity 3 = moderate). Each degraded run is paired with "
         "the clean run of the same config. Δ = degraded − clean, in percentage points.",
         "",
         "| method | degradation | runs | mean Δ I-AUROC | mean Δ P-AUROC | mean Δ AUPRO | worst Δ I-AUROC |",
@@ -85,7 +87,7 @@ def degradation_section(records: list[dict[str, Any]]) -> list[str]:
     ]
     by_method: dict[tuple[str, str, str], list[tuple[dict, dict]]] = defaultdict(list)
     for clean, degraded in found:
-        by_method[(base_row(degraded), degraded["backbone"], degraded["degrade"])].append((clean, degraded))
+        by_method[(row_name(clean), degraded["backbone"], degraded["degrade"])].append((clean, degraded))
     summary = []
     for (row, backbone, degrade), group in by_method.items():
         drops = {m: [drop(c, d, m) for c, d in group] for m, _ in METRICS}
@@ -103,7 +105,7 @@ def degradation_section(records: list[dict[str, Any]]) -> list[str]:
             f"{_pct(clean['metrics'].get(m))} → {_pct(degraded['metrics'].get(m))} ({_pp(drop(clean, degraded, m))})" for m, _ in METRICS
         ]
         lines.append(
-            f"| {degraded['dataset']} | {degraded['category']} | {base_row(degraded)} | {degraded['backbone']} | "
+            f"| {degraded['dataset']} | {degraded['category']} | {row_name(clean)} | {degraded['backbone']} | "
             f"{degraded['image_size']} | {degraded['degrade']} | {' | '.join(cells)} |"
         )
     if unpaired:

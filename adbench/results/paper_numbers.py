@@ -1,6 +1,6 @@
 """What the papers report, next to what adbench measures.
 
-- ``data/paper_numbers.csv``: the seed tables' numbers (CFA Tables 2-6, ReConPatch, FCDD), one row
+- ``paper_numbers.csv`` (beside this module): the seed tables' numbers (CFA Tables 2-6, ReConPatch, FCDD), one row
   per (method, setting, dataset, class or group, metric), each with its table, the paper that
   printed it and the seed document it was transcribed from;
 - ``MEMORY_BANK``: each method's memory-bank size formula (CFA Table 1, seed 003), evaluated with a
@@ -29,6 +29,7 @@ from ..errors import DataError
 PAPER_NUMBERS = Path(__file__).parent / "paper_numbers.csv"
 METRICS = {"image_auroc", "pixel_auroc", "aupro", "images_per_s"}
 NEVER = "-"
+NOT_COMPARABLE = "not comparable:"  # a note starting so: the cell is shown, flagged, with no Δ (e.g. another PRO normalisation)
 
 # classes averaged by a paper's group mean, per dataset label
 GROUPS: dict[str, dict[str, list[str]]] = {
@@ -133,24 +134,26 @@ def compare(records: list[dict[str, Any]], numbers: list[PaperNumber] | None = N
     """Measured vs paper for one leaderboard section (one dataset, backbone, image size).
 
     One entry per (measured row, paper number) where the row's runs match the number and cover its
-    class, or every class of its group.
+    class, or every class of its group; measured = the mean over classes of each class's mean over seeds.
     """
     numbers = load_paper_numbers() if numbers is None else numbers
-    by_row: dict[str, dict[str, dict[str, Any]]] = {}
-    for record in records:
-        by_row.setdefault(row_name(record), {})[record["category"]] = record
+    by_row: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for record in records:  # the seeds of a row and class
+        by_row.setdefault(row_name(record), {}).setdefault(record["category"], []).append(record)
     out = []
     for row, cells in sorted(by_row.items()):
         for number in numbers:
             classes = GROUPS.get(number.dataset, {}).get(number.category, [number.category])
             chosen = [cells.get(c) for c in classes]
-            if not all(chosen) or not all(matches(number, r) for r in chosen):
+            if not all(chosen) or not all(matches(number, r) for runs in chosen for r in runs):
                 continue
-            measured = measured_value(chosen, number.metric)
-            if measured is None:
+            per_class = [measured_value(runs, number.metric) for runs in chosen]  # mean over seeds, then over classes
+            if any(v is None for v in per_class):
                 continue
-            out.append({"row": row, "number": number, "measured": measured, "difference": measured - number.value,
-                        "same_backbone": number.timm_backbone == chosen[0]["backbone"]})
+            measured = sum(per_class) / len(per_class)
+            comparable = not number.note.startswith(NOT_COMPARABLE)
+            out.append({"row": row, "number": number, "measured": measured, "difference": measured - number.value if comparable else None,
+                        "same_backbone": number.timm_backbone == chosen[0][0]["backbone"]})
     return out
 
 
@@ -183,7 +186,7 @@ def _patchcore(r: dict[str, Any], dim_key: str = "embed_dim") -> float | None:
     maps, ratio, dim = _maps(r), _cfg(r, "coreset_ratio"), _cfg(r, dim_key)
     if not maps or ratio is None:
         return None
-    dims = sum(c for c, _, _ in maps) if dim is None else min(dim, sum(c for c, _, _ in maps))
+    dims = sum(c for c, _, _ in maps) if dim is None else dim  # every layer pooled (or stretched) to dim
     return FLOAT_BYTES * math.ceil(ratio * r["n_train"] * maps[0][1] * maps[0][2]) * dims
 
 
@@ -191,8 +194,8 @@ def _cfa(r: dict[str, Any]) -> float | None:
     maps, gd, gc = _maps(r), _cfg(r, "gamma_d"), _cfg(r, "gamma_c")
     if not maps or gd is None or gc is None:
         return None
-    views = len(_cfg(r, "views") or ["resize"])
-    return FLOAT_BYTES * views * gc * maps[0][1] * maps[0][2] * gd * sum(c for c, _, _ in maps)
+    views, width = len(_cfg(r, "views") or ["resize"]), _cfg(r, "width_factor") or 1  # official EfficientNet width: 2 D
+    return FLOAT_BYTES * views * gc * maps[0][1] * maps[0][2] * gd * width * sum(c for c, _, _ in maps)
 
 
 def _gaussian(r: dict[str, Any]) -> float | None:
@@ -235,7 +238,7 @@ def comparison_lines(records: list[dict[str, Any]], row_name: Callable[[dict[str
     if not relevant:
         return []
     pairs = compare(records, relevant, row_name)
-    lines = ["**Paper numbers beside measured ones** (`adbench/data/paper_numbers.csv`). Δ = measured − paper, in points. "
+    lines = ["**Paper numbers beside measured ones** (`adbench/results/paper_numbers.csv`). Δ = measured − paper, in points. "
              f"Measured here: `{first['backbone']}` at {first['image_size']} px; the papers mostly used WRN50-2 at their own "
              "image size, so Δ mixes the method with the backbone and setting wherever the row says ≠ backbone: "
              "read those as context, not as a reproduction check.", ""]
@@ -249,7 +252,8 @@ def comparison_lines(records: list[dict[str, Any]], row_name: Callable[[dict[str
         n = p["number"]
         backbone = f"{n.backbone or 'not stated'}, {_size(n)}" + ("" if p["same_backbone"] else " (≠ backbone)")
         setting = "; ".join(filter(None, [n.setting, n.note]))
-        lines.append(f"| {p['row']} | {n.category} | {n.metric} | {p['measured']:.1f} | {n.value:g} | {p['difference']:+.1f} | "
+        delta = "not comparable" if p["difference"] is None else f"{p['difference']:+.1f}"
+        lines.append(f"| {p['row']} | {n.category} | {n.metric} | {p['measured']:.1f} | {n.value:g} | {delta} | "
                      f"{backbone} | {setting or '–'} | {n.table}, {n.reported_in}; {n.source} |")
     return lines + [""]
 

@@ -16,16 +16,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the headless backend
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from .table import used_cached_features
 
 METRICS = [("image_auroc", "I-AUROC", "o", "full"), ("pixel_auroc", "P-AUROC", "^", "none")]
-
-
-def used_cached_features(record: dict[str, Any], phase: str = "test") -> bool:
-    """True when the run's ``phase`` (fit / test) read backbone features from the feature cache."""
-    cache = record.get("feature_cache") or {}
-    return bool(cache.get(phase, {}).get("hits"))
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -1,41 +1,80 @@
-"""Run records: one JSON file per run, written atomically, merged by the report."""
+"""Run records: one JSON file per run, named by its config hash, written atomically; portable
+(no absolute machine paths) and identified by the data's file-list digest rather than its folder."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..files import atomic_write_text
 
 RECORDS_DIR = "records"
 # keys that do not change a run's result, left out of its config hash (runner hashes threshold when saving)
 NON_SEMANTIC_KEYS = {"results_dir", "figures", "force", "num_workers", "tag", "hydra", "cache_dir", "save_model", "threshold"}
+# where the data lives is not what it is: dataset.digest (its file list) enters the hash instead of dataset.root
+LOCATION_KEYS = {"root"}
+ELSEWHERE = "…"  # stands for the folders above a path outside every known anchor
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """Stable short hash of the result-relevant config."""
+    """Stable short hash of the result-relevant config (without non-semantic keys and the data's location)."""
     relevant = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
+    if isinstance(relevant.get("dataset"), dict):
+        relevant["dataset"] = {k: v for k, v in relevant["dataset"].items() if k not in LOCATION_KEYS}
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def seedless(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without its seeds (every key named ``seed``): runs that differ only there are replicates.
+
+    A dataset generated from the seed (it has a ``dataset.seed``) differs per seed by design, so its
+    file digest goes too."""
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "seed"}
+        return [strip(v) for v in node] if isinstance(node, list) else node
+
+    out = strip(copy.deepcopy(config))
+    if isinstance(config.get("dataset"), dict) and "seed" in config["dataset"]:
+        out["dataset"].pop("digest", None)
+    return out
+
+
+def replicate_key(config: dict[str, Any]) -> str:
+    """The hash shared by the seeds of one configuration (the leaderboard aggregates them into one row)."""
+    return config_hash(seedless(config))
+
+
+def portable_path(value: str | Path) -> str:
+    """An absolute path written without this machine's folders: ``$ADBENCH_DATA/...``, ``$ADBENCH_CACHE/...``,
+    relative to the working directory, ``~/...``, or else ``…/<name>``; a relative path is returned as is."""
+    path = Path(value)
+    if not path.is_absolute():
+        return path.as_posix()
+    cwd = Path.cwd()
+    anchors = [("$ADBENCH_DATA", os.environ.get("ADBENCH_DATA")), ("$ADBENCH_CACHE", os.environ.get("ADBENCH_CACHE")),
+               ("", str(cwd) if cwd.parent != cwd else None), ("~", str(Path.home()))]
+    for name, anchor in anchors:
+        if anchor and path.is_relative_to(Path(anchor).expanduser()):
+            rel = path.relative_to(Path(anchor).expanduser()).as_posix()
+            return "/".join(p for p in (name, "" if rel == "." else rel) if p) or "."
+    return f"{ELSEWHERE}/{path.name}"
+
+
+def portable(node: Any) -> Any:
+    """A copy of a config tree with every absolute path string made portable (:func:`portable_path`)."""
+    if isinstance(node, dict):
+        return {k: portable(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [portable(v) for v in node]
+    return portable_path(node) if isinstance(node, str) and os.path.isabs(node) else node
 
 
 def record_path(results_dir: Path, record: dict[str, Any]) -> Path:
@@ -55,15 +94,27 @@ def find_record(results_dir: Path, config_hash_value: str) -> Path | None:
     return matches[0] if matches else None
 
 
-def load_records(results_dir: Path) -> list[dict[str, Any]]:
-    """All readable records under ``results_dir/records``; unreadable files are skipped with a warning."""
-    records = []
+def read_records(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, record) of every readable record under ``results_dir/records``, by file name; unreadable files are skipped with a warning."""
+    found = []
     for path in sorted((Path(results_dir) / RECORDS_DIR).glob("*.json")):
         try:
-            records.append(json.loads(path.read_text()))
+            found.append((path, json.loads(path.read_text())))
         except (OSError, json.JSONDecodeError) as exc:
             print(f"warning: skipping unreadable record {path}: {exc}")
-    return records
+    return found
+
+
+def load_records(results_dir: Path) -> list[dict[str, Any]]:
+    """Every readable record under ``results_dir/records``."""
+    return [record for _, record in read_records(results_dir)]
+
+
+def record_config(config: dict[str, Any], data_digest: str) -> dict[str, Any]:
+    """The config a record stores and hashes: portable paths, and the data named by its file-list digest."""
+    out = portable(config)
+    out["dataset"]["digest"] = data_digest
+    return out
 
 
 def library_versions() -> dict[str, str]:

@@ -1,167 +1,292 @@
-"""``python -m adbench.report``: markdown leaderboards generated from the run records.
+"""``adbench-report``: the leaderboard, rendered from the results DataFrame (:mod:`.table`).
 
-One section per (dataset, backbone, image size): methods x categories with I-AUROC / P-AUROC /
-AUPRO, group averages (MVTec: textures / objects / all), then cost: fit time, throughput,
-memory-bank bytes, peak memory; the papers' numbers beside the measured ones
-(:mod:`adbench.paper_numbers`), the memory-bank formulas evaluated for each run, and PNG plots of
-AUROC vs throughput and vs memory-bank bytes (:mod:`adbench.plots`) next to the markdown.
+Writes ``LEADERBOARD.md``, ``leaderboard.csv`` / ``leaderboard.parquet`` (one row per configuration and
+category, seeds aggregated, ties marked) and ``plots/``. The markdown is a list of section functions
+(:data:`SECTIONS`), each taking the :class:`Report` and returning markdown lines: per (dataset, backbone,
+image size, setting) the metric tables with uncertainty, best and ties, cost, the per-defect breakdown,
+the papers' numbers, memory-bank formulas and trade-off plots; then the rank test across categories and
+datasets with its critical-difference diagram, and the robustness tables.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from ..files import atomic_write, atomic_write_text
+from . import settings_report
+from .defects import defect_tables
 from .degraded import degradation_section
+from .naming import DEVIATES
 from .paper_numbers import comparison_lines, memory_bank_lines
-from .plots import section_plots, used_cached_features
-from .records import load_records
+from .plots import section_plots
+from .records import portable_path, read_records
+from .stats import (
+    ALPHA,
+    PairedTest,
+    RankTest,
+    cd_diagram,
+    mark_ties,
+    paired_test,
+    rank_test,
+)
+from .table import SECTION, STANDARD, current, frame, leaderboard
 
-METRIC_NAMES = [("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO")]
-
-
-def row_name(record: dict[str, Any]) -> str:
-    return record["method"] + (f" [{record['variant']}]" if record.get("variant") else "")
-
-
-def latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the newest record per (row, dataset, category, backbone, size, seed, device), oldest first."""
-    newest: dict[tuple, dict[str, Any]] = {}
-    for record in sorted(records, key=lambda r: r.get("created", "")):
-        key = (row_name(record), record["dataset"], record["category"], record["backbone"], record["image_size"], record.get("seed"), record.get("device"))
-        newest[key] = record
-    return sorted(newest.values(), key=lambda r: r.get("created", ""))
+METRIC_LABELS = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "aupro": "AUPRO"}
 
 
-def contended(record: dict[str, Any]) -> bool:
-    """True when the run shared its cores with much other work (1-min load above 1.5x the CPU count)."""
-    load, cores = record.get("load_average"), record.get("cpu_count")
-    return bool(load and cores and load[0] > 1.5 * cores)
+@dataclass
+class Report:
+    """What every section reads: all runs, the current ones, the leaderboard table and the raw records."""
+
+    runs: pd.DataFrame  # a row per record (``records[i]`` is row i)
+    records: list[dict[str, Any]]
+    board: pd.DataFrame  # :func:`.table.leaderboard` with ties marked
+    source: str
+    plots_dir: Path | None = None
+
+    @cached_property
+    def current(self) -> pd.DataFrame:
+        """The runs the leaderboard counts (:func:`.table.current`)."""
+        return current(self.runs)
+
+    def records_of(self, runs: pd.DataFrame) -> list[dict[str, Any]]:
+        return [self.records[i] for i in runs.index]
+
+    def __post_init__(self) -> None:
+        self._row = {id(r): i for i, r in enumerate(self.records)}
+
+    def name_of(self, record: dict[str, Any]) -> str:
+        """The row name of one of :attr:`records`."""
+        return self.runs.name.iat[self._row[id(record)]]
 
 
-def pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
+Section = Callable[[Report], list[str]]
 
 
-def mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present and len(present) == len(values) else None
+def markdown(table: pd.DataFrame) -> str:
+    """A DataFrame as a pipe table, cells verbatim."""
+    return table.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
 
 
-def _groups(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+def _number(value: float, spec: str) -> str:
+    return "n/a" if np.isnan(value) else format(value, spec)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
+
+
+def cell_text(row: pd.Series, metric: str) -> str:
+    """``mean [low, high]`` (one seed), ``mean ± std (n=k)`` (k seeds) in %; **bold** best, ≈ tie."""
+    if np.isnan(row[metric]):
+        return "n/a"
+    text = _pct(row[metric])
+    text = f"**{text}**" if row.get(f"{metric}_best") else (f"≈{text}" if row.get(f"{metric}_tie") else text)
+    if row.n_seeds > 1:
+        return f"{text} ± {100 * row[f'{metric}_std']:.1f} (n={row.n_seeds})"
+    low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+    return text if np.isnan(low) else f"{text} [{_pct(low)}, {_pct(high)}]"
+
+
+def _groups(board: pd.DataFrame) -> dict[str, list[str]]:
     """Category groups to average over: the records' own groups (e.g. textures / objects) and all."""
-    by_group: dict[str, set[str]] = defaultdict(set)
-    for record in records:
-        if record.get("group"):
-            by_group[record["group"]].add(record["category"])
-    categories = sorted({r["category"] for r in records})
-    groups = {name: sorted(cats) for name, cats in sorted(by_group.items())}
+    groups = {str(g): sorted(rows.category.unique()) for g, rows in board.dropna(subset=["group"]).groupby("group")}
+    categories = sorted(board.category.unique())
     if len(categories) > 1:
         groups["all"] = categories
     return groups
 
 
-def _data_line(records: list[dict[str, Any]]) -> str:
+def metric_table(board: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Configurations x categories (+ group means of the per-category means) for one metric."""
+    categories, groups = sorted(board.category.unique()), _groups(board)
+    rows = []
+    for name, runs in board.groupby("name", sort=True):
+        by_category = {r.category: r for _, r in runs.iterrows()}
+        row = {"method": name} | {c: cell_text(by_category[c], metric) if c in by_category else "–" for c in categories}
+        for group, members in groups.items():
+            values = [by_category[c][metric] for c in members if c in by_category]
+            complete = len(values) == len(members) and not np.isnan(values).any()
+            row[f"avg {group}"] = _pct(float(np.mean(values))) if complete else "–"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _data_line(board: pd.DataFrame) -> str:
     parts = []
-    for category in sorted({r["category"] for r in records}):
-        r = next(r for r in records if r["category"] == category)
-        root = r["config"]["dataset"].get("root") or r["config"]["dataset"]["name"]
-        parts.append(f"`{category}` ({r['n_train']} train / {r['n_test']} test, from `{root}`)")
+    for category, rows in board.groupby("category", sort=True):
+        first = rows.iloc[0]
+        digest = f"files `{first.data_digest[:8]}`" if isinstance(first.data_digest, str) else "file digest not recorded"
+        parts.append(f"`{category}` ({first.n_train} train / {first.n_test} test, {digest})")
     return "; ".join(parts)
 
 
-def section(records: list[dict[str, Any]], plots_dir: Path | None = None) -> list[str]:
+def _seeds(runs: pd.DataFrame) -> str:
+    seeds = sorted(runs.seed.dropna().unique())
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(str(s) for s in seeds)}"
+
+
+def cost_table(board: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration and category: device, seeds, mean fit time, throughput, bank, FLOPs and latency (where
+    recorded), peak memory."""
+    gpu = board.peak_gpu_bytes.notna().any() and (board.peak_gpu_bytes > 0).any()
+    flops = board.flops_per_image.notna().any()
+    rows = []
+    for _, r in board.iterrows():
+        fit, test = ("‡" if r.cached_fit else ""), ("‡" if r.cached_test else "")
+        row = {"method": r["name"], "category": r.category, "device": r.devices + ("†" if r.loaded else ""), "seeds": str(r.n_seeds),
+               "fit s": f"{r.fit_seconds:.1f}{fit}", "model img/s": f"{r.model_images_per_s:.1f}{test}",
+               "end-to-end img/s": f"{r.end_to_end_images_per_s:.1f}{test}", "memory bank": r.bank_shape if isinstance(r.bank_shape, str) else "–",
+               "bank MiB": f"{r.bank_bytes / 2**20:.2f}"}
+        if flops:
+            row |= {"GFLOP/img": _number(r.flops_per_image / 1e9, ".2f"), "latency ms p50": _number(r.latency_ms_p50, ".1f")}
+        row["peak RSS GiB"] = f"{r.peak_rss_bytes / 2**30:.2f}"
+        if gpu:
+            row["peak GPU GiB"] = f"{(0 if np.isnan(r.peak_gpu_bytes) else r.peak_gpu_bytes) / 2**30:.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+CELL_NOTE = (
+    "Cells: mean [95% CI over test images] for one seed, mean ± std over seeds (n = seeds), in %. **Bold**: best in the "
+    f"column; ≈: not significantly different from the best (α = {ALPHA}: paired test on the per-image scores of a common seed, "
+    "and Welch's t-test over seeds where both have two or more; a difference counts only when every available test rejects). "
+    "Unmarked: significantly worse, or untested (no per-image table and a single seed). Rows on degraded test images are not "
+    "compared. n/a = not applicable, – = not run."
+)
+
+
+def section(report: Report, key: tuple, board: pd.DataFrame) -> list[str]:
+    """One (dataset, backbone, image size, setting) section."""
+    dataset, backbone, size, setting = key
+    runs = report.current[(report.current[SECTION] == pd.Series(key, index=SECTION)).all(axis=1)]
+    records = report.records_of(runs)
     first = records[0]
-    devices = sorted({r.get("device_name") or r.get("device") for r in records})
-    lines = [
-        f"## {first['dataset']} · {first['backbone']} · {first['image_size']} px",
-        "",
-        f"Backbone `{first['backbone']}` (weights: {first['weights']}), resize {first['resize']} → crop {first['image_size']} px, "
-        f"seed {first['seed']}, device {', '.join(devices)}. Data: {_data_line(records)}.",
-        "",
-    ]
-    categories = sorted({r["category"] for r in records})
-    groups = _groups(records)
-    rows = sorted({row_name(r) for r in records})
-    cell = {(row_name(r), r["category"]): r for r in records}  # records come oldest first: the newest wins
-    header = ["method"] + categories + [f"avg {g}" for g in groups]
-    lines += ["Cells: I-AUROC / P-AUROC / AUPRO (%), n/a = not applicable.", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row]
-        for category in categories:
-            r = cell.get((row, category))
-            cells.append(" / ".join(pct(r["metrics"][m]) for m, _ in METRIC_NAMES) if r else "–")
-        for cats in groups.values():
-            group_records = [cell.get((row, c)) for c in cats]
-            if all(group_records):
-                cells.append(" / ".join(pct(mean([g["metrics"][m] for g in group_records])) for m, _ in METRIC_NAMES))
-            else:
-                cells.append("–")
-        lines.append("| " + " | ".join(cells) + " |")
-    gpu = any(r.get("peak_gpu_bytes") for r in records)
-    lines += ["", "| method | category | device | fit s | model img/s | end-to-end img/s | memory bank | bank MiB | peak RSS GiB |" + (" peak GPU GiB |" if gpu else ""),
-              "|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
-    for r in sorted(records, key=lambda r: (row_name(r), r["category"], r.get("device_name") or r["device"])):
-        row, category = row_name(r), r["category"]
-        bank = r["memory_bank"]
-        shape = "x".join(str(s) for s in bank["shape"]) or "–"
-        fit_mark, test_mark = ("‡" if used_cached_features(r, phase) else "" for phase in ("fit", "test"))
-        lines.append(
-            f"| {row} | {category} | {r.get('device_name') or r['device']}{'†' if contended(r) else ''} | {r['fit_seconds']:.1f}{fit_mark} | {r['throughput']['model_images_per_s']:.1f}{test_mark} | "
-            f"{r['throughput']['end_to_end_images_per_s']:.1f}{test_mark} | {shape} | {bank['bytes'] / 2**20:.2f} | {r['peak_rss_bytes'] / 2**30:.2f} |"
-            + (f" {(r.get('peak_gpu_bytes') or 0) / 2**30:.2f} |" if gpu else "")
-        )
-    if any(contended(r) for r in records):
-        lines += ["", "† the machine was oversubscribed during this run (1-min load average above 1.5x its CPU count at the end): "
-                  "its times are slower than the same run on an idle machine."]
-    if any(used_cached_features(r, p) for r in records for p in ("fit", "test")):
-        lines += ["", "‡ backbone features read from the feature cache (`cache_dir`): backbone time is not included; "
-                  "rerun with `cache_dir=null` for end-to-end figures."]
-    lines += [""] + comparison_lines(records, row_name) + memory_bank_lines(records, row_name)
-    if plots_dir is not None:
-        for path in section_plots(records, plots_dir, row_name):
-            lines += [f"![{path.stem}]({plots_dir.name}/{path.name})", ""]
+    lines = [f"## {dataset} · {backbone} · {size} px" + ("" if setting == STANDARD else f" · setting {setting}"), "",
+             f"Backbone `{backbone}` (weights: {first.get('weights')}), resize {first.get('resize')} → crop {size} px, "
+             f"{_seeds(runs)}, device {', '.join(sorted(runs.device_name.dropna().unique()))}. Data: {_data_line(board)}.", ""]
+    for metric, label in METRIC_LABELS.items():
+        if board[metric].isna().all():
+            lines += [f"**{label}**: not applicable (no pixel masks, or image-level methods only).", ""]
+            continue
+        lines += [f"**{label} (%)**", "", markdown(metric_table(board, metric)), ""]
+    lines += [CELL_NOTE, "", markdown(cost_table(board)), ""]
+    if board.loaded.any():
+        lines += ["† the machine was oversubscribed during a run of this row (1-min load average above 1.5x its CPU count at the "
+                  "end): its times are slower than the same run on an idle machine.", ""]
+    if (board.cached_fit | board.cached_test).any():
+        lines += ["‡ backbone features read from the feature cache (`cache_dir`): backbone time is not included; "
+                  "rerun with `cache_dir=null` for end-to-end figures.", ""]
+    deviations = {r["method"]: r["deviations"] for r in records if r.get("deviations")}
+    if deviations:
+        lines += [f"**Deviations from the papers** ({DEVIATES} in a row name), as each method declares them:", ""]
+        lines += [f"- {method}: {'; '.join(items)}" for method, items in sorted(deviations.items())] + [""]
+    clean = [r for r in records if not r.get("degrade")]
+    tables = defect_tables(clean, [report.name_of(r) for r in clean])
+    if tables:
+        lines += ["**Per defect type**: image AUROC of each defect type against the good test images / AUPRO over its regions "
+                  "(%, mean over seeds; n = test images of the type).", ""]
+        for category, table in tables.items():
+            lines += [f"`{category}`", "", markdown(table), ""]
+    lines += comparison_lines(records, report.name_of) + memory_bank_lines(records, report.name_of)
+    if report.plots_dir is not None:
+        for path in section_plots(records, report.plots_dir, report.name_of):
+            lines += [f"![{path.stem}]({report.plots_dir.name}/{path.name})", ""]
+    return lines
+
+
+def leaderboard_sections(report: Report) -> list[str]:
+    lines: list[str] = []
+    for key, board in report.board.groupby(SECTION, sort=True):
+        lines += section(report, key, board)
+    return lines
+
+
+def _rank_lines(test: RankTest, label: str) -> list[str]:
+    ranks = pd.DataFrame({"configuration": test.ranks.index, "average rank": [f"{r:.2f}" for r in test.ranks]})
+    pairs = [f"{a} vs {b} (p = {test.posthoc.at[a, b]:.3f})" for i, a in enumerate(test.ranks.index)
+             for b in test.ranks.index[i + 1:] if test.posthoc.at[a, b] < ALPHA]
+    lines = [f"**{label}**: {test.table.shape[1]} configurations on {test.table.shape[0]} blocks "
+             f"({', '.join(test.table.index)}). Friedman χ² = {test.statistic:.2f}, p = {test.p_value:.3g}; "
+             f"Nemenyi critical difference {test.cd:.2f} ranks at α = {ALPHA}.", "", markdown(ranks), "",
+             "Significantly different pairs (Nemenyi): " + ("; ".join(pairs) if pairs else "none") + "."]
+    if test.left_out:
+        lines.append(f"Not ranked (not run on every block above): {', '.join(test.left_out)}.")
     return lines + [""]
 
 
-def render(records: list[dict[str, Any]], source: str, plots_dir: Path | None = None) -> str:
-    """The leaderboard markdown; with ``plots_dir`` (next to the markdown file) the trade-off PNGs too."""
-    records = latest(records)
-    sections: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        sections[(record["dataset"], record["backbone"], record["image_size"])].append(record)
-    lines = [
-        "# adbench leaderboard",
-        "",
-        f"Generated by `python -m adbench.report` from {len(records)} run records in `{source}`; do not edit by hand.",
-        "",
-    ]
-    for key in sorted(sections):
-        lines += section(sections[key], plots_dir)
-    lines += degradation_section(records)
-    return "\n".join(lines)
+def rank_section(report: Report) -> list[str]:
+    """Average ranks, Friedman and Nemenyi across categories and datasets, and the CD diagrams."""
+    lines = ["## Across categories and datasets: ranks, Friedman test, critical differences", "",
+             "Blocks are (dataset, category, image size) cells of clean full-setting runs; each configuration's value is its "
+             "mean over seeds; rank 1 = best, ties share the mean rank. Configurations run on fewer blocks are dropped until "
+             "every remaining one covers every remaining block (Demšar 2006: Friedman, then Nemenyi). With few blocks the "
+             "test has little power: an unmarked difference is not evidence of equality.", ""]
+    for metric, label in METRIC_LABELS.items():
+        test = rank_test(report.board, metric)
+        if isinstance(test, str):
+            lines += [f"**{label}**: no rank test ({test}).", ""]
+            continue
+        lines += _rank_lines(test, label)
+        if report.plots_dir is not None:
+            path = cd_diagram(test, report.plots_dir / f"critical_difference_{metric}.png",
+                              f"{label}: average rank over {test.table.shape[0]} blocks (bars: not significantly different, Nemenyi α={ALPHA})")
+            lines += [f"![critical difference {label}]({report.plots_dir.name}/{path.name})", ""]
+    return lines
+
+
+def robustness_section(report: Report) -> list[str]:
+    return degradation_section(report.records_of(report.current), report.name_of)
+
+
+# each returns markdown lines; settings sections (few-shot, contamination, multi-class) are appended here
+SECTIONS: list[Section] = [leaderboard_sections, rank_section, robustness_section, settings_report.report_section]
+
+
+def build(records: list[dict[str, Any]], source: str, plots_dir: Path | None = None, paths: list[str | None] | None = None,
+          paired_p: PairedTest | None = None) -> Report:
+    """The report's tables from run records (``paths`` relative to the results folder, for per-image tables)."""
+    runs = frame(records, paths)
+    board = mark_ties(leaderboard(runs), current(runs), paired_p)
+    return Report(runs, records, board, source, plots_dir)
+
+
+def render(records: list[dict[str, Any]], source: str, plots_dir: Path | None = None, **options: Any) -> str:
+    """The leaderboard markdown; with ``plots_dir`` (next to the markdown file) the PNG plots too."""
+    return render_report(build(records, source, plots_dir, **options))
+
+
+def render_report(report: Report) -> str:
+    replaced = len(report.runs) - len(report.current)
+    lines = ["# adbench leaderboard", "",
+             f"Generated by `adbench-report` from {len(report.runs)} run records in `{report.source}`"
+             + (f" ({replaced} replaced by a newer run of the same configuration and seed)" if replaced else "")
+             + f": {len(report.board)} configuration x category rows, also in `leaderboard.csv` / `leaderboard.parquet`; "
+             "do not edit by hand.", ""]
+    for make in SECTIONS:
+        lines += make(report)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def write_report(results_dir: Path, output: Path | None = None) -> Path:
-    records = load_records(results_dir)
-    if not records:
-        raise SystemExit(f"no run records under {Path(results_dir) / 'records'}; run python -m adbench first")
-    output = output or Path(results_dir) / "LEADERBOARD.md"
-    atomic_write_text(output, render(records, str(Path(results_dir) / "records"), output.parent / "plots"))
+    """Write the markdown leaderboard (default ``results_dir/LEADERBOARD.md``), and beside it ``leaderboard.csv``,
+    ``leaderboard.parquet`` and ``plots/``."""
+    results_dir = Path(results_dir)
+    found = read_records(results_dir)
+    if not found:
+        raise DataError(f"no run records under {results_dir / 'records'}; run adbench first")
+    output = Path(output) if output else results_dir / "LEADERBOARD.md"
+    report = build([r for _, r in found], portable_path((results_dir / "records").absolute()), output.parent / "plots",
+                   [p.relative_to(results_dir).as_posix() for p, _ in found], paired_test(results_dir))
+    atomic_write_text(output, render_report(report))
+    atomic_write(output.parent / "leaderboard.csv", lambda tmp: report.board.to_csv(tmp, index=False))
+    atomic_write(output.parent / "leaderboard.parquet", lambda tmp: report.board.to_parquet(tmp, index=False))
     return output
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the markdown leaderboard from run records.")
-    parser.add_argument("--results", default="results", help="results folder holding records/ (default: results)")
-    parser.add_argument("--output", default=None, help="markdown file (default: RESULTS/LEADERBOARD.md)")
-    args = parser.parse_args(argv)
-    print(write_report(Path(args.results), Path(args.output) if args.output else None))
-
-
-if __name__ == "__main__":
-    main()
