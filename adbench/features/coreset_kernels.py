@@ -153,6 +153,16 @@ def _settle(x, c, min_sq, thr, err, assign, cand, lo, count, pick, scale, gamma,
     return best, best_i
 
 
+@njit(fastmath=APPROX, inline="always", cache=True)
+def _approx_sq(h, cs, i):
+    """Squared distance of fp16 row ``i`` to the pick ``cs``, accumulated in fp32 (inlined into the scans)."""
+    acc = np.float32(0.0)
+    for k in range(h.shape[1]):
+        diff = _half_to_float(h[i, k]) - cs[k]
+        acc += diff * diff
+    return acc
+
+
 @njit(fastmath=APPROX, cache=True)
 def _scan(h, cs, min_sq, thr, cand, lo, hi):
     """One chunk of one pick, every row read: (max min_sq, its first index, points listed for ``_settle``).
@@ -162,11 +172,7 @@ def _scan(h, cs, min_sq, thr, cand, lo, hi):
     The caller hands the listed points to ``_settle`` (called from here, it would inherit the fast-math flags)."""
     best, best_i, count = np.float32(-1.0), lo, 0
     for i in range(lo, hi):
-        acc = np.float32(0.0)
-        for k in range(h.shape[1]):
-            diff = _half_to_float(h[i, k]) - cs[k]
-            acc += diff * diff
-        need = acc < thr[i]
+        need = _approx_sq(h, cs, i) < thr[i]
         cand[lo + count] = i
         count += need
         kept = np.float32(-1.0) if need else min_sq[i]
@@ -197,11 +203,7 @@ def _scan_pruned(h, cs, min_sq, thr, assign, cc, cand, lo, hi, gamma):
         if t + PREFETCH_AHEAD < count:
             _prefetch_row(h, cand[lo + t + PREFETCH_AHEAD])
         i = cand[lo + t]
-        acc = np.float32(0.0)
-        for k in range(h.shape[1]):
-            diff = _half_to_float(h[i, k]) - cs[k]
-            acc += diff * diff
-        need = acc < thr[i]
+        need = _approx_sq(h, cs, i) < thr[i]
         cand[lo + doubt] = i
         doubt += need
         kept = np.float32(-1.0) if need else min_sq[i]

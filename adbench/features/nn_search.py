@@ -3,8 +3,8 @@
 Both backends return **plain Euclidean** distances, sorted ascending, and the bank indices. The
 matmul form ||q||^2 - 2 q·b + ||b||^2 loses digits in float32 at high dimension (1024-d PatchCore
 features: ~1e-3 relative), so the distances of the k neighbours found are recomputed exactly as
-||q - b|| before they are returned: scores do not depend on the backend or the chunking. Squared distances are what faiss ``IndexFlatL2`` computes; we take
-the root so scores keep the papers' units (a monotone change: image-level rankings are unaffected).
+||q - b|| before they are returned: scores do not depend on the backend or the chunking, and keep the
+papers' units (plain, not squared, distances).
 
 ``auto`` picks faiss on CPU, and on CUDA only a GPU build of faiss (the ``gpu`` extra), whose index
 then takes and returns device tensors; with a CPU-only faiss, CUDA searches run on torch's matmul.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 
-import numpy as np
 import torch
 
 from ..errors import unknown_choice
@@ -91,12 +90,11 @@ class NearestNeighbours:
         query_rows = max(1, self.max_block_bytes // (4 * queries.shape[1]))
         out_d, out_i = [], []
         for q in queries.detach().split(query_rows):
+            q = q.to(self.device).float().contiguous()
             if self._on_gpu:  # queries, distances and indices stay on the GPU
-                _, idx = self._index.search(q.to(self.device).float().contiguous(), k)
+                idx = self._index.search(q, k)[1]
             else:
-                idx = torch.from_numpy(self._index.search(np.ascontiguousarray(q.float().cpu().numpy()), k)[1])
-            q = q.to(self.device).float()
-            idx = idx.to(self.device)
+                idx = torch.from_numpy(self._index.search(q.cpu().numpy(), k)[1]).to(self.device)
             out_d.append(self._exact(q, idx))
             out_i.append(idx)
         return _sorted(torch.cat(out_d), torch.cat(out_i), queries.device)
