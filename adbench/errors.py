@@ -13,6 +13,10 @@ class DataError(AdbenchError):
     """A data file or folder is missing, unreadable or inconsistent."""
 
 
+class OutputError(AdbenchError):
+    """An output file could not be written (full disk, read-only folder); nothing partial was left."""
+
+
 class WeightsUnavailableError(AdbenchError, RuntimeError):
     """No pretrained weights could be found for a backbone."""
 

@@ -11,7 +11,7 @@ from .serving.predict import predict_folder
 
 @hydra_command("predict", "adbench-predict")
 def main(cfg: DictConfig) -> None:
-    predict_folder(cfg.model, cfg.images, cfg.out, cfg.device, cfg.batch_size, cfg.overlays)
+    predict_folder(cfg.model, cfg.images, cfg.out, cfg.device, cfg.batch_size, cfg.overlays, cfg.threshold, cfg.maps)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from .config.schema import validate
 from .config.setting import load_dataset, part_results, setting_data
 from .data.dataset import ImageDataset
 from .data.degrade import degrader_from_config, variant_name
-from .data.samples import Split, data_base, split_digest
+from .data.samples import Split, data_base, split_digest, verify_samples
 from .data.splits import holdout_split, labelled_split
 from .data.transforms import Transform
 from .errors import ConfigError
@@ -30,6 +33,7 @@ from .methods import AnomalyDetector
 from .methods.cost import measure_cost
 from .methods.scoring import Scored, check_fitted_finite, score_batches
 from .metrics import assess_scored
+from .metrics.per_image import table_path, write_per_image
 from .results.figures import pick_examples, save_examples
 from .results.records import (
     config_hash,
@@ -38,11 +42,10 @@ from .results.records import (
     library_versions,
     portable_path,
     record_config,
-    record_path,
-    write_record,
+    write_run,
 )
 from .serving.model_io import save_model
-from .serving.threshold import calibrate_threshold
+from .serving.threshold import FEW_HELD_OUT, calibrate_threshold
 
 
 def feature_map_shapes(backbone: Backbone, size: int) -> list[list]:
@@ -65,12 +68,34 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Every tqdm bar made inside is disabled (``quiet=true``: logs that are not a terminal)."""
+    from tqdm import std
+
+    original = std.tqdm.__init__
+
+    def quiet(self, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **{**kwargs, "disable": True})
+
+    std.tqdm.__init__ = quiet
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = original
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one config end to end and write its record; returns the record."""
+    """Run one config end to end and write its record; returns the record (``quiet=true``: without progress bars)."""
     validate(cfg)
+    with no_progress_bars() if cfg.get("quiet") else nullcontext():
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     data = setting_data(cfg)  # the dataset(s) read and the setting's split of them (conf/setting/)
     split = data.split
-    # the file list read (split_digest) names the data in the config hash, wherever it lives
+    # the files read, by content (split_digest), name the data in the config hash, wherever it lives
     config = record_config(OmegaConf.to_container(cfg, resolve=True), split_digest(data.source))
     device = resolve_device(cfg.device)
     config["device"] = device.type
@@ -101,6 +126,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if not method.learns_from_anomalies:
             raise ConfigError(f"method.labelled_anomalies: method={cfg.method.name} trains on normal images only")
         labelled, test_samples = labelled_split(split.test, int(cfg.method.labelled_anomalies), cfg.seed)
+    verify_samples([*split.train, *split.test], "training and test images")  # a bad file stops the run now, not after the fit
     train, test = ImageDataset(fit_samples + labelled, transform), ImageDataset(test_samples, transform, degrader)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -174,8 +200,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     written = []
     for part, found in zip(parts, assessed):
         part_record = {**record, **part.fields, **found.fields}
-        part_record["per_image"] = found.write_beside(record_path(results_dir, part_record))
-        path = write_record(results_dir, part_record)
+        # the table and the record are written as one unit: never a table without its record
+        path = write_run(results_dir, part_record, lambda tmp, table=found.table: write_per_image(tmp, table), table_path)
         written.append(part_record)
         if cfg.figures:
             _save_figure(results_dir, part_record, torch.utils.data.Subset(test, part.index.tolist()), transform, part.scored, int(cfg.figures), part.pixel)
@@ -186,6 +212,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _save_fitted(path: Path, cfg: DictConfig, method: AnomalyDetector, transform: Transform, held_out, record: dict) -> dict[str, Any]:
     """Set the decision threshold on the held-out normal images, then save the fitted method."""
     threshold = calibrate_threshold(method, held_out, float(cfg.threshold.quantile))
+    if len(threshold["held_out"]) < FEW_HELD_OUT:
+        print(f"warning: the threshold comes from {len(threshold['held_out'])} held-out image(s) (fewer than {FEW_HELD_OUT}): "
+              "it may flag good images; raise threshold.holdout, or set threshold= at predict time", file=sys.stderr)
     info = {k: record[k] for k in ("dataset", "category", "seed", "n_train", "config_hash", "metrics")}
     save_model(path, method, OmegaConf.to_container(cfg.method, resolve=True), OmegaConf.to_container(cfg.backbone, resolve=True), transform, threshold, info)
     print(f"model saved to {path} (threshold {threshold['image']:.4g}: {threshold['rule']})")
@@ -223,7 +252,8 @@ def _figure_path(results_dir: Path, record: dict) -> Path:
 def _fmt(record: dict, metric: str) -> str:
     value, ci = record["metrics"].get(metric), (record.get("ci95") or {}).get(metric)
     if value is None:
-        return "n/a"
+        reason = (record.get("metrics_undefined") or {}).get(metric)
+        return f"n/a ({reason})" if reason else "n/a"
     return f"{value:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "")
 
 

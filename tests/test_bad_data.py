@@ -13,7 +13,7 @@ from conftest import run_overrides
 from PIL import Image
 
 from adbench.data.dataset import ImageDataset
-from adbench.data.samples import read_image
+from adbench.data.samples import read_image, verify_samples
 from adbench.data.sources import load_split, make_synthetic
 from adbench.data.transforms import Transform
 from adbench.errors import DataError
@@ -51,16 +51,53 @@ def test_unreadable_files_fail_before_any_fit(root, where, content) -> None:
         load_split("folder", str(root), "stripes")
 
 
-def test_truncated_image_is_named_when_decoded(root, tmp_path) -> None:
-    target = root / "stripes" / "train" / "good" / "001.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(target)
-    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])  # header intact, pixel data cut
+def truncate(path: Path) -> None:
+    """Rewrite ``path`` as a noisy image, then cut its pixel data in half (the header stays readable)."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_truncated_images_are_all_named_before_any_fit(root, tmp_path, monkeypatch) -> None:
+    train, test = root / "stripes" / "train" / "good" / "001.png", root / "stripes" / "test" / "good" / "001.png"
+    truncate(train)
+    truncate(test)
     split = load_split("folder", str(root), "stripes")  # headers are fine
-    with pytest.raises(DataError, match=re.escape(f"cannot read image {target}")):
+    with pytest.raises(DataError, match=re.escape(f"cannot read image {train}")):
         ImageDataset(split.train, Transform(SIZE, SIZE))[1]
-    with pytest.raises(DataError, match=re.escape(str(target))):
+
+    def fit(*_args, **_kwargs):
+        raise AssertionError("the fit started before the bad images were found")
+
+    monkeypatch.setattr(PatchCore, "fit", fit)
+    with pytest.raises(DataError) as caught:
         run_folder(root, tmp_path / "results")
+    message = str(caught.value)
+    assert message.startswith("2 unreadable file(s) among the training and test images, found before any fit: ")
+    assert f"cannot read image {train}" in message and f"cannot read image {test}" in message and "\n" not in message
     assert not records_in(tmp_path / "results")
+
+
+def test_float_images_are_scaled_by_their_range(tmp_path) -> None:
+    values = np.random.default_rng(0).random((SIZE, SIZE)).astype(np.float32)
+    Image.fromarray(values, mode="F").save(tmp_path / "unit.tiff")
+    Image.fromarray(values * 40 - 10, mode="F").save(tmp_path / "wide.tiff")  # another range: -10 .. 30
+    expected = np.round(values.astype(np.float64) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "unit.tiff"))[..., 0], expected)
+    wide = np.asarray(read_image(tmp_path / "wide.tiff"))[..., 0].astype(int)
+    stretched = (values * 40 - 10).astype(np.float64)
+    reference = np.round((stretched - stretched.min()) / np.ptp(stretched) * 255)
+    assert wide.min() == 0 and wide.max() == 255 and np.abs(wide - reference).max() <= 1
+
+
+def test_an_empty_mask_of_a_defect_image_is_a_warning(root, tmp_path) -> None:
+    mask = sorted((root / "stripes" / "ground_truth" / "defect").glob("*.png"))[0]
+    Image.new("L", (SIZE, SIZE)).save(mask)
+    split = load_split("folder", str(root), "stripes")
+    with pytest.warns(UserWarning, match=re.escape(f"mask {mask} of a defect image has no defect pixel")):
+        verify_samples(split.test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        verify_samples(split.train)  # good images: no mask, no warning
 
 
 def test_non_image_and_hidden_files_are_ignored(root) -> None:
@@ -115,17 +152,18 @@ def test_defect_image_without_mask(root, tmp_path) -> None:
     assert record["pixel_metrics"].startswith("not applicable")
 
 
-def test_only_good_test_images_are_recorded_as_not_applicable(root, tmp_path) -> None:
+def test_only_good_test_images_are_recorded_as_not_applicable(root, tmp_path, capsys) -> None:
     stripes = root / "stripes"
     for folder in (stripes / "test" / "defect", stripes / "ground_truth" / "defect"):
         for path in folder.iterdir():
             path.unlink()
     record = run_folder(root, tmp_path / "results")
     assert record["n_test"] == 2 and set(record["metrics"].values()) == {None}
+    assert "I-AUROC n/a (the test set has no anomalous image)" in capsys.readouterr().out  # the reason, where n/a is printed
     (path,) = records_in(tmp_path / "results")
     assert json.loads(path.read_text())["metrics"]["image_auroc"] is None
     report = write_report(tmp_path / "results").read_text()
-    assert "| patchcore [coreset_ratio=0.5] |" in report
+    assert "| patchcore [coreset_ratio=0.5" in report
 
 
 def test_image_modes_are_read_as_8_bit_rgb(tmp_path) -> None:

@@ -1,5 +1,5 @@
-"""Test-set uncertainty: DeLong against its definition and against simulation, the stratified bootstrap
-against DeLong's interval and a known true AUROC, and paired comparisons."""
+"""Test-set uncertainty: DeLong against its definition and against simulation, the BCa bootstrap and the score
+interval against DeLong's interval and a known true AUROC, and paired comparisons."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from adbench.errors import DataError
-from adbench.metrics import StratifiedBootstrap, paired
+from adbench.metrics import StratifiedBootstrap, confidence_intervals, paired
 from adbench.metrics.delong import auroc_interval, delong, paired_test
+from adbench.metrics.intervals import bca
 from adbench.metrics.per_image import per_image_table
+from adbench.metrics.weighted import WeightedMetrics
 
 
 def table(labels: np.ndarray, scores: np.ndarray):
@@ -74,20 +76,25 @@ def test_delong_paired_test_holds_its_level_and_has_power() -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_bootstrap_interval_agrees_with_delong(seed: int) -> None:
+    """Away from the ceiling, with 150 images a class, the BCa interval of the stratified bootstrap and the
+    score interval both agree with DeLong's normal-approximation interval."""
     labels, scores = binormal(np.random.default_rng(seed), 150, 150, 1.2)
-    boot = StratifiedBootstrap(seed=seed).intervals(table(labels, scores), ("image_auroc",))["image_auroc"]
-    _, analytic = auroc_interval(scores, labels)
-    assert boot == pytest.approx(analytic, abs=0.01)
+    t = table(labels, scores)
+    resampled = WeightedMetrics(t)(StratifiedBootstrap(seed=seed).weights(labels), ("image_auroc",))["image_auroc"]
+    jackknife = WeightedMetrics(t)(np.ones((300, 300)) - np.eye(300), ("image_auroc",))["image_auroc"]
+    auc, analytic = auroc_interval(scores, labels)
+    assert bca(auc, resampled, jackknife) == pytest.approx(analytic, abs=0.01)
+    assert confidence_intervals(t)["image_auroc"] == pytest.approx(analytic, abs=0.01)
 
 
-def test_bootstrap_interval_covers_the_true_auroc() -> None:
+def test_interval_covers_the_true_auroc() -> None:
     rng = np.random.default_rng(2)
     true = stats.norm.cdf(1.0 / np.sqrt(2))
     repetitions = 300
     covered = 0
     for r in range(repetitions):
         labels, scores = binormal(rng, 40, 60, 1.0)
-        low, high = StratifiedBootstrap(seed=r).intervals(table(labels, scores), ("image_auroc",))["image_auroc"]
+        low, high = confidence_intervals(table(labels, scores), seed=r)["image_auroc"]
         covered += low <= true <= high
     assert 0.90 <= covered / repetitions <= 0.99
 

@@ -19,7 +19,8 @@ from adbench.data.sources import MVTEC_CATEGORIES
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = {"adbench": "config", "adbench-report": "report", "adbench-predict": "predict",
-            "python -m adbench": "config", "python -m adbench.report": "report", "python -m adbench.predict": "predict"}
+            "python -m adbench": "config", "python -m adbench.report": "report", "python -m adbench.predict": "predict",
+            "adbench-import": "import", "python -m adbench.importer": "import"}
 
 
 def cli(*args: str, cwd: Path, module: str = "adbench") -> subprocess.CompletedProcess:
@@ -110,6 +111,7 @@ def test_readme_documents_commands() -> None:
 def test_every_readme_command_is_valid_as_written(command, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # save_model / results folders are created here
     monkeypatch.setenv("ADBENCH_DATA", str(tmp_path))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # device=cuda commands are checked as on a CUDA machine
     head = " ".join(command[:3]) if command[0] == "python" else command[0]
     args = command[3:] if command[0] == "python" else command[1:]
     assert check_overrides(COMMANDS[head], args) is None, " ".join(command)
@@ -126,7 +128,8 @@ def test_wheel_ships_the_config_tree_the_paper_numbers_and_the_commands(tmp_path
     conf = {p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*.yaml")}
     assert {f"adbench/conf/{c}" for c in conf} <= names and "adbench/results/paper_numbers.csv" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    for command in ("adbench = adbench.__main__:main", "adbench-report = adbench.report:main", "adbench-predict = adbench.predict:main"):
+    for command in ("adbench = adbench.__main__:main", "adbench-report = adbench.report:main", "adbench-predict = adbench.predict:main",
+                    "adbench-import = adbench.importer:main"):
         assert command in entry_points
 
 

@@ -126,6 +126,24 @@ def test_image_score_is_the_mean_of_a_not_of_the_upsampled_map(lite0) -> None:
     assert not np.allclose(prediction.image_scores, prediction.maps.reshape(2, -1).mean(1), rtol=1e-3)
 
 
+def test_training_cuts_the_hsc_loss(lite0) -> None:
+    """Training must matter: the HSC loss (Eq. 3) of the training images and confetti made from them, drawn apart from
+    training, is at most 3/4 of the untrained head's (the same seed gives the same head; measured 0.70 vs 1.27 after
+    80 steps). It fails when the optimiser step does nothing (ratio 1)."""
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    args = dict(epochs=20, train_batch_size=2, confetti_per_image=1, seed=0)
+    trained = method_class("fcdd")(lite0, ["blocks.2"], **args).fit([{"image": images}])
+    untrained = method_class("fcdd")(lite0, ["blocks.2"], **args)
+    corrupted, _ = trained._synthetic(images, torch.Generator().manual_seed(7))
+    labels = torch.tensor([0] * 8 + [1] * 8)
+    with torch.no_grad():
+        features = trained.features(torch.cat([images, corrupted]))
+        loss, before = (hsc_loss(model.heatmap(features), labels).item() for model in (trained, untrained))
+    assert loss <= 0.75 * before
+    assert any(d.startswith("Adam") for d in trained.deviations)
+    assert not any(d.startswith("Adam") for d in method_class("fcdd")(lite0, ["blocks.2"], optimizer="sgd").deviations)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_early_stopping_validates_on_held_out_training_images_only(lite0, optimizer) -> None:
     """Both of the authors' optimisers; early stopping on held-out normal images and the confetti made from them."""

@@ -16,7 +16,8 @@ RANK = {
     "results": 4,
     "serving": 5,
     "runner": 6,
-    "cli": 7, "__main__": 7, "report": 7, "predict": 7,
+    "cli": 7, "__main__": 7, "report": 7, "predict": 7, "api": 7, "importer": 7, "gallery": 7,
+    "plugins": 0,
 }
 
 

@@ -50,3 +50,10 @@ def test_predict_before_fit_is_refused() -> None:
     for name in ("patchcore", "reconpatch"):
         with pytest.raises(NotFittedError, match="before fit"):
             method_class(name)(backbone, ["blocks.2", "blocks.4"]).predict(torch.zeros(1, 3, 64, 64))
+
+
+def test_eq7_off_is_declared_and_on_is_not() -> None:
+    backbone = Backbone("tf_efficientnet_lite0", ["blocks.2", "blocks.4"], pretrained=False)
+    patchcore = method_class("patchcore")
+    assert any("no Eq. 7" in d for d in patchcore(backbone, ["blocks.2", "blocks.4"]).deviations)
+    assert patchcore(backbone, ["blocks.2", "blocks.4"], reweight=True).deviations == ()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,11 +15,14 @@ import pytest
 import torch
 from conftest import run_overrides
 from PIL import Image
+from torchvision.transforms import functional as TF
 
 from adbench.data.dataset import ImageDataset
 from adbench.data.samples import Sample
+from adbench.data.transforms import Transform
+from adbench.errors import ConfigError, DataError
 from adbench.serving.model_io import load_model
-from adbench.serving.predict import predict_folder
+from adbench.serving.predict import original_resolution, predict_folder
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = [
@@ -127,3 +131,60 @@ def test_predict_command_line(saved, tmp_path) -> None:
     table = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert len(table) == 3 and all(r["anomalous"] == "1" and r["overlay"] == "" for r in table)
     assert "3 above threshold" in done.stdout and not (tmp_path / "out" / "overlays").exists()
+
+
+def test_unreadable_images_are_skipped_named_and_the_call_fails_at_the_end(saved, tmp_path) -> None:
+    folder = tmp_path / "incoming"
+    shutil.copytree(saved["data"] / "test" / "good", folder)
+    broken = folder / "zz_broken.png"
+    broken.write_bytes((folder / "000.png").read_bytes()[:200])  # truncated
+    with pytest.raises(DataError, match=re.escape(f"1 unreadable image(s) skipped (the others were scored): cannot read image {broken}")):
+        predict_folder(saved["model"], folder, tmp_path / "out", device="cpu")
+    table = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    assert sorted(r["path"] for r in table) == sorted(p.name for p in folder.glob("*.png") if p != broken)
+
+
+def test_threshold_override_and_the_few_held_out_images_warning(saved, tmp_path, capsys) -> None:
+    folder = saved["data"] / "test"
+    rows = predict_folder(saved["model"], folder, tmp_path / "saved", device="cpu", overlays=False)
+    held_out = saved["record"]["saved_model"]["threshold"]["held_out"]
+    assert len(held_out) == 2 and "comes from 2 held-out image(s) (fewer than 10)" in capsys.readouterr().err
+    scores = np.array([r["score"] for r in rows])
+    middle = float(np.median(scores))
+    forced = predict_folder(saved["model"], folder, tmp_path / "forced", device="cpu", overlays=False, threshold=middle)
+    assert [r["anomalous"] for r in forced] == [int(s > middle) for s in scores] and {r["threshold"] for r in forced} == {middle}
+    assert "held-out" not in capsys.readouterr().err  # an explicit threshold: no warning about the saved one
+    with pytest.raises(ConfigError, match="threshold='high': must be a number"):
+        predict_folder(saved["model"], folder, tmp_path / "x", threshold="high")
+
+
+def test_maps_at_the_original_resolution_invert_the_models_view(saved, tmp_path) -> None:
+    source = saved["data"] / "test" / "defect" / "001.png"
+    picture = Image.open(source).convert("RGB").resize((96, 80))  # not square: the model's view squeezes it
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    picture.save(folder / "wide.png")
+    model = load_model(saved["model"])
+    crop = Transform(64, 48, model.transform.mean, model.transform.std)  # a centre crop: the map misses the border
+    amap = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    full = original_resolution(amap, crop, (96, 80))
+    assert full.shape == (80, 96) and np.isnan(full[0]).all() and np.isnan(full[:, 0]).all() and np.isfinite(full[40, 48])
+    # forward again with torchvision (the model's own transform) on the seen part: back to the map, up to interpolation
+    view = TF.center_crop(TF.resize(torch.from_numpy(np.nan_to_num(full, nan=0.0))[None], [64, 64], antialias=False), [48, 48])[0].numpy()
+    assert np.corrcoef(view[4:-4, 4:-4].ravel(), amap[4:-4, 4:-4].ravel())[0, 1] > 0.9
+    rows = predict_folder(saved["model"], folder, tmp_path / "out", device="cpu", maps="npy")
+    written = np.load(tmp_path / "out" / rows[0]["map"])
+    assert rows[0]["map"] == "maps/wide.npy" and written.shape == (80, 96) and np.isfinite(written).all()  # resize 64 = crop 64
+
+
+def test_a_second_call_replaces_the_outputs_of_the_first(saved, tmp_path) -> None:
+    out = tmp_path / "out"
+    predict_folder(saved["model"], saved["data"] / "test", out, device="cpu")
+    stale = out / "overlays" / "defect" / "000.png"
+    assert stale.is_file()
+    (out / "mine.txt").write_text("not ours: kept")
+    predict_folder(saved["model"], saved["data"] / "test" / "good", out, device="cpu", maps="tiff")
+    assert not stale.exists() and not (out / "overlays" / "defect").exists() and (out / "mine.txt").is_file()
+    assert len(list((out / "maps").glob("*.tiff"))) == 3 and not list(out.glob(".adbench-predict.*"))
+    with Image.open(next((out / "maps").glob("*.tiff"))) as tiff:
+        assert tiff.mode == "F" and tiff.size == (64, 64)

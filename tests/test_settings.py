@@ -68,22 +68,42 @@ def test_few_shot_draws_k_training_images_seeded_and_nested() -> None:
         few_shot(split, 21, 0)
 
 
-def test_contamination_adds_floor_ratio_anomalies_from_test_unlabelled() -> None:
+def test_contamination_scores_every_ratio_on_one_test_set() -> None:
+    """fixed_test: one pool of floor(pool x n_train) anomalies leaves the test set for every p, p = 0 included."""
+    split = toy_split(n_train=20, n_bad=10)
+    tests, trained = [], []
+    for ratio, added in ((0.0, 0), (0.05, 1), (0.1, 2), (0.15, 3), (0.2, 4)):  # floor(p x 20), IM-IAD's count
+        noisy, moved = contaminate(split, ratio, draw=0, protocol="fixed_test", pool=0.2)
+        assert len(moved) == added and len(noisy.train) == 20 + added and noisy.train[:20] == split.train
+        assert [s.label for s in noisy.train[20:]] == [0] * added and all(s.label == 1 for s in moved)
+        tests.append(noisy.test)
+        trained.append({s.image for s in moved})
+    assert all(t == tests[0] for t in tests) and len(tests[0]) == 16 - 4, "the same 12 test images for every p"
+    assert all(a <= b for a, b in zip(trained, trained[1:])), "a draw's smaller p is part of its larger p"
+    assert not trained[-1] & {s.image for s in tests[0]}, "no anomaly trains and tests"
+    assert contaminate(split, 0.1, 1, "fixed_test", 0.2)[0].test != tests[0], "another draw, another pool"
+    with pytest.raises(ConfigError, match="setting.ratio=0.25 exceeds setting.pool=0.2"):
+        contaminate(split, 0.25, 0, "fixed_test", 0.2)
+    with pytest.raises(ConfigError, match="setting.pool=0.5"):  # 10 anomalies: none would be left to test
+        contaminate(split, 0.1, 0, "fixed_test", 0.5)
+
+
+def test_im_iad_protocol_moves_floor_ratio_anomalies_from_test_unlabelled() -> None:
     split = toy_split(n_train=20, n_bad=10)
     for ratio, added in ((0.0, 0), (0.05, 1), (0.1, 2), (0.15, 3), (0.35, 7)):  # floor(p x 20), IM-IAD's count
-        noisy, moved = contaminate(split, ratio, draw=0)
+        noisy, moved = contaminate(split, ratio, draw=0, protocol="im_iad")
         train, test = images(noisy)
         assert len(moved) == added and len(noisy.train) == 20 + added and len(noisy.test) == 16 - added
         assert not train & test and train | test == set.union(*images(split)), "every image stays, in train or test"
         assert all(s.label == 1 and s.image not in test for s in moved)
         assert [s for s in noisy.train if s.image in {m.image for m in moved}] == [Sample(s.image, 0, None, s.defect) for s in moved]
         assert noisy.train[:20] == split.train, "added, not replacing normal images"
-        assert contaminate(split, ratio, draw=0)[1] == moved
-    assert contaminate(split, 0.35, 0)[1] != contaminate(split, 0.35, 1)[1]
+        assert contaminate(split, ratio, draw=0, protocol="im_iad")[1] == moved
+    assert contaminate(split, 0.35, 0, "im_iad")[1] != contaminate(split, 0.35, 1, "im_iad")[1]
     with pytest.raises(ConfigError, match="setting.ratio=0.5"):  # 10 anomalies: none would be left to test
-        contaminate(split, 0.5, 0)
+        contaminate(split, 0.5, 0, "im_iad")
     with pytest.raises(ConfigError, match="setting.ratio=0.01.*adds no anomaly"):
-        contaminate(split, 0.01, 0)
+        contaminate(split, 0.01, 0, "im_iad")
 
 
 def test_union_keeps_each_category_test_images_in_its_part() -> None:
@@ -109,6 +129,7 @@ def test_setting_keys_are_validated(tmp_path) -> None:
         (["setting=few_shot", "setting.shots=0"], r"setting.shots=0: must be in \[1, inf\)"),
         (["setting=few_shot", "setting.shots=2.5"], "setting.shots=2.5: wrong type"),
         (["setting=contaminated", "setting.ratio=1"], r"setting.ratio=1: must be in \[0, 1\)"),
+        (["setting=contaminated", "setting.protocol=mine"], "setting.protocol='mine': must be one of fixed_test, im_iad"),
         (["setting=contaminated", "+setting.shots=2"], "unknown key.*setting.shots"),
         (["setting=multi_class", "setting.categories=[nowhere/x]"], "setting.categories.0. dataset 'nowhere'"),
         (["dataset.category=[a,b]"], "a list of categories needs setting=multi_class"),
@@ -149,11 +170,13 @@ def data_args(folder: Path, category: str = "aa") -> list[str]:
 def test_runs_record_their_setting_and_splits(folder, tmp_path) -> None:
     full = run_overrides(data_args(folder), tmp_path)
     shot = run_overrides([*data_args(folder), "setting=few_shot", "setting.shots=3", "setting.draw=1"], tmp_path)
-    noisy = run_overrides([*data_args(folder), "setting=contaminated", "setting.ratio=0.25"], tmp_path)
+    noisy = run_overrides([*data_args(folder), "setting=contaminated", "setting.ratio=0.25", "setting.pool=0.25"], tmp_path)
+    clean = run_overrides([*data_args(folder), "setting=contaminated", "setting.ratio=0", "setting.pool=0.25"], tmp_path)
     assert full["setting"]["name"] == "full" and full["n_train"] == 8
     assert shot["n_train"] == 3 and shot["n_test"] == full["n_test"] == 8
     assert shot["setting"] == {"name": "few_shot", "shots": 3, "draw": 1, "label": "few-shot K=3 draw 1"}
     assert noisy["n_train"] == 8 + 2 and noisy["n_test"] == 8 - 2 and noisy["setting"]["added_anomalies"] == 2
+    assert clean["n_train"] == 8 and clean["n_test"] == 8 - 2 and clean["setting"]["test_anomalies_removed"] == 2, "p = 0: same test set"
     assert len(noisy["train_anomalies"]) == 2 and all(p.startswith("test/defect/") for p in noisy["train_anomalies"])
     assert len({full["config_hash"], shot["config_hash"], noisy["config_hash"]}) == 3, "the setting enters the config hash"
     again = run_overrides([*data_args(folder), "setting=few_shot", "setting.shots=3", "setting.draw=1"], tmp_path)
@@ -255,13 +278,17 @@ def test_learning_and_contamination_curves(tmp_path) -> None:
             for k, d, a in [(1, 0, 0.80), (1, 1, 0.90), (4, 0, 0.95), (4, 1, 0.97)]]
     runs.append(fake("padim", {"name": "full"}, 0.99))
     runs += [fake("padim", {"name": "contaminated", "ratio": p, "draw": 0, "added_anomalies": n}, a) for p, n, a in [(0, 0, 0.99), (0.1, 20, 0.93)]]
+    runs += [fake("padim", {"name": "contaminated", "ratio": p, "draw": 0, "added_anomalies": n, "protocol": "fixed_test"}, a)
+             for p, n, a in [(0, 0, 0.98), (0.05, 10, 0.95)]]
     lines = learning_curve_section(runs, tmp_path / "plots")
     text = "\n".join(lines)
     assert "| padim | 85.0 (80.0–90.0, n=2) | 96.0 (95.0–97.0, n=2) | 99.0 (n_train 209) |" in text  # mean, range over the draws
     assert "| padim | 1.00 / n/a / n/a | 1.00 / n/a / n/a |" in text, "cost cells: bank MiB, and n/a without a cost block"
     assert "| configuration | K=1 | K=4 | full setting |" in text and (tmp_path / "plots" / "mvtec_bottle_lite0_224_learning_curve.png").stat().st_size > 0
     text = "\n".join(contamination_section(runs, tmp_path / "plots"))
-    assert "p=0.1 (+20)" in text and "| padim | 99.0 | 93.0 | 99.0 (n_train 209) |" in text
+    fixed, im_iad = text.split("## Contaminated training sets, IM-IAD protocol")  # records without a protocol: IM-IAD's
+    assert "p=0.1 (+20)" in im_iad and "| padim | 99.0 | 93.0 | 99.0 (n_train 209) |" in im_iad
+    assert "p=0.05 (+10)" in fixed and "| padim | 98.0 | 95.0 | 99.0 (n_train 209) |" in fixed
     assert learning_curve_section([runs[-1]]) == [] and multi_class_section(runs) == []
 
 

@@ -17,7 +17,7 @@ from ..errors import ConfigError, unknown_choice
 from ..files import ensure_writable
 from ..methods.params import in_interval
 from . import group_choices
-from .build import check_method_keys, method_params
+from .build import check_method_keys, method_params, resolve_device
 
 # key: (type, interval or choices); the run-level keys of conf/config.yaml
 RUN_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
@@ -26,6 +26,7 @@ RUN_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "num_workers": (int, "[0, inf)"),
     "figures": (int, "[0, inf)"),
     "force": (bool, None),
+    "quiet": (bool, None),
     "results_dir": (str, None),
     "threshold.holdout": ((int, float), "(0, 1)"),
     "threshold.quantile": ((int, float), "(0, 1]"),
@@ -45,6 +46,8 @@ def _check(key: str, value: Any, kind: type | tuple[type, ...], rule: Any) -> No
         raise ConfigError(f"{key}={value!r}: wrong type; expected {names}")
     if isinstance(rule, str) and not in_interval(float(value), rule):
         raise ConfigError(f"{key}={value!r}: must be in {rule}")
+    if isinstance(rule, list) and value not in rule:
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(rule)}")
 
 
 def _get(cfg: DictConfig, dotted: str) -> Any:
@@ -62,6 +65,7 @@ def validate(cfg: DictConfig) -> None:
     device = str(cfg.device)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
         raise ConfigError(f"device={device!r}: must be auto, cpu, cuda or cuda:N")
+    resolve_device(device)  # cuda without CUDA: refused before any data is read
     _validate_dataset(cfg.dataset, multi_class=_validate_setting(cfg))
     params = method_params(cfg.method)
     if cfg.method.get("labelled_anomalies") is not None:

@@ -57,7 +57,8 @@ class SettingData:
         if s["name"] == "few_shot":
             return f"few-shot K={s['shots']} draw {s['draw']}"
         if s["name"] == "contaminated":
-            return f"contaminated p={s['ratio']:g} draw {s['draw']}"
+            protocol = " (IM-IAD protocol)" if s.get("protocol", "im_iad") == "im_iad" else ""
+            return f"contaminated p={s['ratio']:g} draw {s['draw']}{protocol}"
         if s["name"] == "multi_class":
             return f"multi-class x{len(self.parts)}"
         return None
@@ -68,6 +69,7 @@ class SettingData:
         if self.setting["name"] == "contaminated":
             out["added_anomalies"] = len(self.contaminants)
             out["anomaly_fraction"] = len(self.contaminants) / len(self.split.train)
+            out["test_anomalies_removed"] = len(self.source.test) - len(self.split.test)  # fixed_test: the whole pool, every p
         if self.setting["name"] == "multi_class":
             out["parts"] = [{"dataset": p.dataset, "category": p.category, "n_train": p.n_train, "n_test": len(p.test)} for p in self.parts]
         return out
@@ -124,6 +126,13 @@ def part_datasets(cfg: DictConfig) -> list[DictConfig]:
     return out
 
 
+def data_source(cfg: DictConfig) -> Split:
+    """The files a run reads, before its setting draws from them (what its data digest covers)."""
+    if setting_of(cfg)["name"] == "multi_class":
+        return settings.union([(str(d.get("label", d.name)), load_dataset(d)) for d in part_datasets(cfg)])[0]
+    return load_dataset(cfg.dataset)
+
+
 def setting_data(cfg: DictConfig) -> SettingData:
     """Read the run's data and apply its setting."""
     setting = setting_of(cfg)
@@ -137,7 +146,7 @@ def setting_data(cfg: DictConfig) -> SettingData:
     if name == "few_shot":
         split = settings.few_shot(source, setting["shots"], setting["draw"])
     elif name == "contaminated":
-        split, contaminants = settings.contaminate(source, setting["ratio"], setting["draw"])
+        split, contaminants = settings.contaminate(source, setting["ratio"], setting["draw"], setting["protocol"], setting["pool"])
     else:
         split = source
     split, parts = settings.single(split, label)

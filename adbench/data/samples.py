@@ -4,14 +4,19 @@ Messy folders, and what happens (``DataError`` always names the file):
 - files without an image suffix (``IMAGE_SUFFIXES``) and hidden files are ignored; an image-suffixed
   file that is not an image, a zero-byte file, or an image above Pillow's decompression-bomb limit
   (``PIL.Image.MAX_IMAGE_PIXELS`` x 2) fails when the split is built (headers of every image and
-  mask are opened then, before any fit); a truncated image fails when it is decoded;
+  mask are opened then); every image and mask is then decoded once before the fit
+  (:func:`verify_samples`, cached per file version), so a truncated file stops the run before any
+  training, in one error naming every bad file;
 - a mask whose size differs from its image's fails when the split is built; a defect image without
   a mask fails, unless the category has no ``ground_truth`` folder at all (then the split is
-  image-level only, with a warning); a mask without an image is ignored with a warning;
+  image-level only, with a warning); a mask without an image is ignored with a warning; an all-zero
+  mask of a defect image is a warning (the image counts for image metrics, adds no defect pixel);
 - an empty training folder fails; a test set of good images only runs, and its AUROC-type metrics
   are recorded as not applicable (None);
 - any image mode is read as 8-bit RGB: grayscale is replicated, palette images are expanded, alpha
-  is dropped, 16-bit images are scaled by 255/65535 (bit depth, never per-image contrast).
+  is dropped, 16-bit images are scaled by 255/65535 (bit depth, never per-image contrast); float
+  images (mode F, e.g. float TIFF) are scaled by their range: values within [0, 1] by 255, any other
+  range from its own minimum and maximum to 0-255.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..files import FileFacts
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -59,11 +66,23 @@ def read_image(path: Path) -> Image.Image:
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (mode I: read as 16-bit too)
                 array = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
                 image = Image.fromarray(array.round().clip(0, 255).astype(np.uint8))
+            elif image.mode == "F":
+                image = Image.fromarray(_float_to_8bit(np.asarray(image, dtype=np.float64), path))
             elif image.mode in ("RGBA", "LA", "P", "PA"):
                 image = image.convert("RGBA").convert("RGB") if image.mode != "LA" else image.convert("L")
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
+
+
+def _float_to_8bit(array: np.ndarray, path: Path) -> np.ndarray:
+    """A float image as 8 bits: values in [0, 1] times 255, any other range stretched from its min and max."""
+    if not np.isfinite(array).all():
+        raise DataError(f"cannot read image {path}: float image holds NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        array = (array - low) / (high - low) if high > low else np.zeros_like(array)
+    return (array * 255.0).round().clip(0, 255).astype(np.uint8)
 
 
 def image_size(path: Path, kind: str = "image") -> tuple[int, int]:
@@ -84,6 +103,38 @@ def check_split(split: Split) -> Split:
             if mask_size != size:
                 raise DataError(f"mask {sample.mask} is {mask_size[0]}x{mask_size[1]}, its image {sample.image} is {size[0]}x{size[1]}")
     return split
+
+
+def _problem(read, path: Path) -> str | None:
+    """Decode ``path`` fully with ``read``; the DataError's text, or None when it decodes."""
+    try:
+        read(path)
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
+def verify_samples(samples: list[Sample], what: str = "images") -> None:
+    """Decode every image and mask of ``samples`` once (results cached per file version, see
+    :class:`adbench.files.FileFacts`): one DataError naming every file that does not decode; a warning
+    for each defect image whose mask has no defect pixel."""
+    facts = FileFacts()
+    bad: list[str] = []
+    empty: list[Path] = []
+    try:
+        for sample in samples:
+            for path, read in ((sample.image, read_image), (sample.mask, read_mask)):
+                problem = facts.note(path, "decodes", lambda p, read=read: _problem(read, p)) if path is not None else None
+                if problem:
+                    bad.append(problem)
+            if sample.mask is not None and sample.label and not bad and facts.note(sample.mask, "empty", lambda path: not bool(read_mask(path).any())):
+                empty.append(sample.mask)
+    finally:
+        facts.close()
+    if bad:
+        raise DataError(f"{len(bad)} unreadable file(s) among the {what}, found before any fit: " + "; ".join(bad))
+    for mask in empty:
+        warnings.warn(f"mask {mask} of a defect image has no defect pixel: the image counts for image metrics only", stacklevel=2)
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -158,17 +209,24 @@ def data_base(split: Split) -> Path:
     return base.parent if base in files else base
 
 
-def split_digest(split: Split) -> str:
-    """16 hex digits of SHA-256 over the split's file list: role, label, defect, name relative to
-    :func:`data_base` and byte size of every image and mask. The same files in another folder or on
-    another machine give the same digest; a different copy of the data gives another."""
+def split_digest(split: Split, fingerprint: Callable[[Path], str] | None = None) -> str:
+    """16 hex digits of SHA-256 over the split's files: role, label, defect, name relative to
+    :func:`data_base` and the ``fingerprint`` of every image and mask, by default its BLAKE2b content
+    digest (cached by path, size and mtime, :class:`adbench.files.FileFacts`). The same files in another
+    folder or on another machine give the same digest; a changed pixel, or a different copy of the data,
+    gives another."""
     base = data_base(split)
     digest = hashlib.sha256()
-    for role, samples in (("train", split.train), ("test", split.test)):
-        for s in samples:
-            for kind, path in (("image", s.image), ("mask", s.mask)):
-                if path is not None:
-                    digest.update(f"{role}|{s.label}|{s.defect}|{kind}|{path.relative_to(base).as_posix()}|{path.stat().st_size}\n".encode())
+    facts = FileFacts()
+    fingerprint = fingerprint or facts.digest
+    try:
+        for role, samples in (("train", split.train), ("test", split.test)):
+            for s in samples:
+                for kind, path in (("image", s.image), ("mask", s.mask)):
+                    if path is not None:
+                        digest.update(f"{role}|{s.label}|{s.defect}|{kind}|{path.relative_to(base).as_posix()}|{fingerprint(path)}\n".encode())
+    finally:
+        facts.close()
     return digest.hexdigest()[:16]
 
 

@@ -5,7 +5,6 @@ layout), ``elpv`` (solar cells from the ``elpv-dataset`` package, image labels o
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError, unknown_choice
+from ..files import cache_root
 from .benchmark_sets import (
     BTAD_PRODUCTS,
     MPDD_CATEGORIES,
@@ -189,8 +189,7 @@ def synthetic_cache(root: str | None) -> Path:
     ``~/.cache/adbench/synthetic``); never under the data root."""
     if root:
         return Path(root).expanduser()
-    base = os.environ.get("ADBENCH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adbench"
-    return Path(base) / "synthetic"
+    return cache_root() / "synthetic"
 
 
 def load_split(name: str, root: str | None = None, category: str = "bottle", **options) -> Split:

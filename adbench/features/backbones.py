@@ -52,8 +52,9 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsUnavailableError(f"backbone.weights: cannot read {path}: {exc}") from exc
+    except Exception as exc:  # torch's message is advice about weights_only=False, which adbench never uses: not repeated
+        raise WeightsUnavailableError(f"backbone.weights: cannot read {path}: not a state-dict file (.pth/.pt of tensors, or .safetensors; "
+                                      f"{type(exc).__name__})") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -44,12 +44,16 @@ def project(
     seed: int = 0,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str | None = None,
+    basis: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Random Gaussian projection to ``proj_dim`` dims (none when None or >= the dims), block by block.
 
     ``features``: an (N, D) tensor or a ``FeatureStore``; ``transform`` (e.g. a learned layer) is
     applied to each block first. Besides the (N, proj_dim) result only one block is held in float32.
-    ``device``: where to compute (default: the tensor's device; CPU for a store).
+    ``device``: where to compute (default: the tensor's device; CPU for a store). ``basis`` (W, D),
+    orthonormal columns: the rows are coordinates of the W-dim vectors basis·x (a low-rank embedding,
+    ``patches.LowRank``), projected as those would be: with basisᵀ·P, P the (W, proj_dim) matrix
+    (no projection when proj_dim is None or >= W: distances between coordinates are already theirs).
     """
     if device is None:
         device = features.device if isinstance(features, torch.Tensor) else torch.device("cpu")
@@ -62,8 +66,10 @@ def project(
     for block in blocks:
         block = (block if transform is None else transform(block)).float()
         if out is None:
-            if proj_dim is not None and proj_dim < block.shape[1]:
-                matrix = projection_matrix(block.shape[1], proj_dim, seed).to(device)
+            width = block.shape[1] if basis is None else basis.shape[0]
+            if proj_dim is not None and proj_dim < width:
+                matrix = projection_matrix(width, proj_dim, seed)
+                matrix = (matrix if basis is None else (basis.double().cpu().T @ matrix.double()).float()).to(device)
             out = torch.empty(len(features), block.shape[1] if matrix is None else proj_dim, device=device)
         out[start : start + len(block)] = block if matrix is None else block @ matrix
         start += len(block)
@@ -254,12 +260,13 @@ def coreset_indices(
     seed: int = 0,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str | None = None,
+    basis: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Indices of the ``ratio`` fraction of ``features`` picked by greedy coreset on their projection
-    (ratio >= 1: all). ``transform`` and ``device`` as in ``project``."""
+    (ratio >= 1: all). ``transform``, ``device`` and ``basis`` as in ``project``."""
     n = len(features)
     if ratio >= 1.0:
         return torch.arange(n)
     if ratio <= 0:
         raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
-    return greedy_coreset(project(features, proj_dim, seed, transform, device), max(1, int(n * ratio)), seed)
+    return greedy_coreset(project(features, proj_dim, seed, transform, device, basis), max(1, int(n * ratio)), seed)

@@ -10,6 +10,14 @@ optional reduction to ``dim`` channels:
 
 The local aggregation is a p×p mean with zero padding, divided by p² at the border too (torch's
 default ``count_include_pad``), as in patchcore-inspection, anomalib and the official CFA code.
+
+Exact low rank: the spatial steps (p×p mean, upsampling) act on each channel alike and the channel
+steps (``avgpool``'s poolings) act on each position alike, so they commute and the embedding of one
+position is B·x, with x the concatenation of the layers' spatially processed channels (C = sum C_l)
+and B = ``channel_matrix`` (dim × C). When rank(B) < dim (Lite0: 40 + 112 channels stretched to
+1024), ``LowRank`` gives R (rank × C) with ||R v|| = ||B v|| for every v, and the basis U (dim × rank,
+orthonormal columns) with B = U R: distances, nearest neighbours and random projections ((B x)·P =
+(R x)·(Uᵀ P)) of B·x are those of the narrower R·x.
 """
 
 from __future__ import annotations
@@ -92,6 +100,57 @@ def patch_features(
     if per_layer:
         return features if len(maps) == 1 else pool_channels(features, dim)
     return reduce_channels(features, dim, mode, seed)
+
+
+def stacked_patch_maps(maps: Sequence[torch.Tensor], patch_size: int = 3, upsample: str = "bilinear") -> torch.Tensor:
+    """The layers' p×p-averaged maps on the finest grid, concatenated along channels: (B, sum C_l, h, w), the x of B·x."""
+    if upsample not in UPSAMPLING:
+        raise ValueError(f"unknown upsampling {upsample!r}; valid: {', '.join(UPSAMPLING)}")
+    size = maps[0].shape[-2:]
+    resized = []
+    for m in maps:
+        p = aggregate(m, patch_size)
+        if p.shape[-2:] != size:
+            p = F.interpolate(p, size=size, mode=upsample, **({"align_corners": False} if upsample == "bilinear" else {}))
+        resized.append(p)
+    return torch.cat(resized, dim=1)
+
+
+def channel_matrix(channels: Sequence[int], dim: int) -> torch.Tensor:
+    """B (dim × sum C_l), float64: ``patch_features``' ``avgpool`` reduction of one position's concatenated
+    channels, read off by running its channel poolings on the unit vectors."""
+    columns = []
+    for c in channels:  # unit vectors of one layer, zero in the others: (C_l, C_l, 1, 1) maps
+        columns.append(pool_channels(torch.eye(c, dtype=torch.float64)[:, :, None, None], dim)[:, :, 0, 0])
+    total = sum(channels)
+    stacked = torch.zeros(total, len(channels) * dim, dtype=torch.float64)
+    start = 0
+    for layer, (c, pooled) in enumerate(zip(channels, columns)):
+        stacked[start : start + c, layer * dim : (layer + 1) * dim] = pooled
+        start += c
+    out = stacked if len(channels) == 1 else pool_channels(stacked[:, :, None, None], dim)[:, :, 0, 0]
+    return out.T.contiguous()
+
+
+class LowRank:
+    """B = U R from the SVD of B (B = V S Wᵀ): R = S Wᵀ (rank × C), U = V (dim × rank); singular values
+    below ``tol`` × the largest are dropped (rank(B)). ``reduces``: rank < dim, i.e. R·x is narrower."""
+
+    def __init__(self, matrix: torch.Tensor, tol: float = 1e-10):
+        u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+        rank = int((s > tol * s[0]).sum()) if s.numel() else 0
+        self.width, self.rank = int(matrix.shape[0]), rank
+        self.r = (s[:rank, None] * vh[:rank]).float()  # (rank, C)
+        self.basis = u[:, :rank].float()  # (dim, rank)
+
+    @property
+    def reduces(self) -> bool:
+        return self.rank < self.width
+
+    def apply(self, stacked: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) stacked maps → (B, rank, h, w) R·x (a view of a position-major tensor: flattening copies nothing)."""
+        r = self.r.to(stacked.device)
+        return (stacked.permute(0, 2, 3, 1) @ r.T).permute(0, 3, 1, 2)
 
 
 def flatten_patches(features: torch.Tensor) -> torch.Tensor:

@@ -44,8 +44,10 @@ class AnomalyDetector(ABC):
     pixel_level: ClassVar[bool] = True
     learns_from_anomalies: ClassVar[bool] = False
     member_key: ClassVar[str | None] = None
-    # deliberate differences from the paper / the authors' code, one short line each (recorded with every run)
-    deviations: ClassVar[tuple[str, ...]] = ()
+    # deliberate differences from the paper, one short line each with its reason (recorded with every run; the
+    # paper is the reference, so official-code choices the paper does not make are listed too). A method whose
+    # settings change the list sets its own in ``__init__``.
+    deviations: tuple[str, ...] = ()
     # ranges / choices of constructor arguments, checked before any data is read (see params.py)
     param_constraints: ClassVar[dict[str, Any]] = {}
 

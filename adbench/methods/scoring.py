@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import AdbenchError
+from ..features.memory import recycle_freed_memory
 from .base import AnomalyDetector, Prediction
 
 
@@ -81,6 +82,7 @@ def score_batches(
 
     ``keep_maps=False`` drops maps after ``on_batch`` has seen them (constant memory for large folders).
     """
+    recycle_freed_memory()  # each batch's temporaries reuse the last one's memory instead of faulting it in anew
     out = Scored()
     labels, scores, masks, maps = [], [], [], []
     total = len(batches) if hasattr(batches, "__len__") else None

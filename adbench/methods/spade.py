@@ -26,10 +26,12 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 from ..features.maps import upsample_scores
-from ..features.nn_search import NearestNeighbours
+from ..features.nn_search import NearestNeighbours, batched_search
 from ..features.store import FeatureStore
 from . import register
 from .base import AnomalyDetector, Prediction
+
+PIXEL_BLOCK_BYTES = 256 * 2**20  # pixel search: bytes of one block of distances, and of the galleries gathered at once
 
 
 @register("spade")
@@ -92,25 +94,26 @@ class SPADE(AnomalyDetector):
         dist, index = self.image_nn.search(vectors, self.top_k)
         return dist.mean(1), index
 
-    def _gallery_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Per pixel layer, all positions of the given training images as (len(images) * h * w, C) rows."""
-        rows, start = [], 0
-        block = self.gallery[images.to(self.gallery.device)]
-        for c, h, w in self.gallery_shapes.tolist():
-            maps = block[:, start : start + c * h * w].reshape(-1, c, h * w)
-            rows.append(maps.transpose(1, 2).reshape(-1, c))
-            start += c * h * w
-        return rows
-
     def pixel_scores(self, pyramid: list[torch.Tensor], neighbours: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """(B, *size) pixel kNN distances, each image against its neighbours' maps, upsampled to ``size``, averaged over layers."""
-        scores = torch.zeros(pyramid[0].shape[0], *size, device=pyramid[0].device)
-        for b, nearest in enumerate(neighbours):
-            for maps, bank in zip(pyramid, self._gallery_maps(nearest)):
-                c, h, w = maps.shape[1:]
-                dist, _ = NearestNeighbours(self.nn_backend, self.device).fit(bank).search(maps[b].reshape(c, -1).T, self.kappa)
-                layer = dist.mean(1).reshape(1, 1, h, w).to(scores.device)
-                scores[b] += F.interpolate(layer, size=size, mode="bilinear", align_corners=False)[0, 0]
+        """(B, *size) pixel kNN distances, each image against its neighbours' maps, upsampled to ``size``, averaged over layers.
+
+        Per layer, the galleries of a group of images (their K neighbours' maps, K h w rows each) are gathered and
+        searched in one batched call (``batched_search``): no per-image loop, no host synchronisation."""
+        b, k = neighbours.shape
+        neighbours = neighbours.to(self.gallery.device)
+        scores = torch.zeros(b, *size, device=pyramid[0].device)
+        start = 0
+        for maps, (c, h, w) in zip(pyramid, self.gallery_shapes.tolist()):
+            layer = self.gallery[:, start : start + c * h * w]
+            group = max(1, PIXEL_BLOCK_BYTES // (8 * k * c * h * w))  # images whose galleries are gathered at once
+            for g in range(0, b, group):
+                near = neighbours[g : g + group]
+                bank = layer[near.reshape(-1)].reshape(len(near), k, c, h * w).transpose(2, 3).reshape(len(near), k * h * w, c)
+                queries = maps[g : g + group].flatten(2).transpose(1, 2).to(bank.device)
+                dist, _ = batched_search(queries, bank, self.kappa, PIXEL_BLOCK_BYTES)
+                patch = dist.mean(2).reshape(len(near), 1, h, w).to(scores.device)
+                scores[g : g + group] += F.interpolate(patch, size=size, mode="bilinear", align_corners=False)[:, 0]
+            start += c * h * w
         return scores / len(pyramid)
 
     @torch.no_grad()

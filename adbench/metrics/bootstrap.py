@@ -1,28 +1,25 @@
-"""Test-set uncertainty: stratified percentile bootstrap over test images.
+"""Test-set resampling: the stratified bootstrap over test images.
 
 Normal and anomalous images are resampled separately (each class keeps its size, so every resample has
 both and AUROC stays defined); pixel metrics resample whole images, each bringing all its pixels and
 defect regions. One resample is one row of image counts (a multinomial draw per class); all metrics
 of all resamples are evaluated at once from the per-image table (:class:`.weighted.WeightedMetrics`).
-The interval is the (1 - level) / 2 and (1 + level) / 2 percentiles of the resampled values.
+The records' intervals are built from these resamples in :mod:`.intervals` (BCa); paired differences
+(:mod:`.compare`) use their percentiles.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import pandas as pd
-
-from .weighted import METRICS, WeightedMetrics
 
 RESAMPLES = 1000
 
 
 @dataclass(frozen=True)
 class StratifiedBootstrap:
-    """``resamples`` stratified resamples of the test images drawn with ``seed``; intervals at ``level``."""
+    """``resamples`` stratified resamples of the test images drawn with ``seed``; percentile intervals at ``level``."""
 
     resamples: int = RESAMPLES
     seed: int = 0
@@ -46,21 +43,3 @@ class StratifiedBootstrap:
         tail = 100 * (1 - self.level) / 2
         low, high = np.percentile(values, [tail, 100 - tail])
         return [float(low), float(high)]
-
-    def samples(self, table: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> dict[str, np.ndarray]:
-        """Each metric on every resample of ``table``'s images: {metric: ``(resamples,)``}."""
-        return WeightedMetrics(table)(self.weights(table["label"].to_numpy()), metrics)
-
-    def intervals(self, table: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> dict[str, list[float] | None]:
-        """{metric: [low, high]} at ``level``; None for a metric undefined on the table."""
-        return {m: self.percentiles(v) for m, v in self.samples(table, metrics).items()}
-
-    def describe(self) -> dict[str, Any]:
-        """The record's ``bootstrap`` entry."""
-        return {
-            "resamples": self.resamples,
-            "seed": self.seed,
-            "level": self.level,
-            "method": "stratified percentile bootstrap over test images (normal and anomalous resampled separately; "
-            "pixel metrics resample whole images, binned on the per-image table's grid)",
-        }

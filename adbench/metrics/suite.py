@@ -1,5 +1,5 @@
 """What a run's record gets from its scores: every metric (exact), the reason each undefined one is
-null, the per-defect-type breakdown, 95% bootstrap intervals, and the per-image table they come from."""
+null, the per-defect-type breakdown, 95% intervals (:mod:`.intervals`), and the per-image table they come from."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..data.samples import Sample
 from ..methods.scoring import Scored
 from . import binned
 from .aupro import aupro
-from .bootstrap import StratifiedBootstrap
+from . import intervals as ci
 from .classification import auroc, distinct_counts
 from .per_image import per_image_table, table_path, write_per_image
 from .weighted import IMAGE_METRICS, METRICS, PIXEL_METRICS, as_value
@@ -92,26 +92,25 @@ def assess(
     masks: np.ndarray | None = None,
     maps: np.ndarray | None = None,
     pixel_absent: str | None = None,
-    bootstrap: StratifiedBootstrap | None = None,
+    seed: int = 0,
     pro_limit: float = 0.3,
 ) -> Assessment:
     """Everything a record says about a run's test scores; ``pixel_absent``: why there are no pixel metrics (masks or maps None).
-    ``bootstrap``: the intervals' resampling (default 1000 stratified resamples, seed 0)."""
+    ``seed``: the intervals' bootstrap resampling (:func:`.intervals.confidence_intervals`)."""
     labels = np.asarray(labels).astype(bool)
-    bootstrap = bootstrap or StratifiedBootstrap()
     pixel = masks is not None and maps is not None
     if not pixel and pixel_absent is None:
         pixel_absent = NO_MASKS if masks is None else NO_MAPS
     metrics = evaluate(labels, scores, masks, maps, pro_limit)
     table = per_image_table(paths, labels, defects, scores, maps, masks, pro_limit)
-    intervals = bootstrap.intervals(table)
+    intervals = ci.confidence_intervals(table, seed=seed)
     fields = {
         "metrics": metrics,
         "metrics_undefined": undefined_reasons(metrics, labels, masks if pixel else None, None if pixel else pixel_absent),
         "pixel_metrics": "computed" if pixel else f"not applicable ({pixel_absent})",
         "per_defect": per_defect(labels, defects, scores, masks, maps, pro_limit),
         "ci95": {m: (intervals[m] if metrics[m] is not None else None) for m in METRICS},
-        "bootstrap": bootstrap.describe(),
+        "bootstrap": ci.describe(seed=seed),
     }
     return Assessment(fields, table)
 
@@ -125,5 +124,5 @@ def assess_scored(scored: Scored, samples: list[Sample], base: Path, has_masks: 
         scored.labels, scored.scores, [s.image.relative_to(base).as_posix() for s in chosen], [s.defect for s in chosen],
         masks=scored.masks if has_masks else None, maps=maps,
         pixel_absent=NO_MASKS if not has_masks else NO_MAPS if maps is None else None,
-        bootstrap=StratifiedBootstrap(seed=seed),
+        seed=seed,
     )

@@ -70,10 +70,10 @@ class WeightedMetrics:
 
     @staticmethod
     def _ranking(prefix: str, pos: np.ndarray, neg: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """The requested AUROC / AP / F1-max; pixel AP interpolated within the grid's bins (:func:`.binned.average_precision`)."""
+        """The requested AUROC / AP / F1-max (pixel metrics: each grid bin one threshold, see :mod:`.per_image`)."""
         formulas = {
             f"{prefix}_auroc": lambda: binned.auroc(pos, neg),
-            f"{prefix}_ap": lambda: binned.average_precision(pos, neg, interpolate=prefix == "pixel"),
+            f"{prefix}_ap": lambda: binned.average_precision(pos, neg),
             f"{prefix}_f1_max": lambda: binned.f1_max(pos, neg),
         }
         return {m: f() for m, f in formulas.items() if m in metrics}

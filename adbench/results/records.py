@@ -1,22 +1,28 @@
-"""Run records: one JSON file per run, named by its config hash, written atomically; portable
-(no absolute machine paths) and identified by the data's file-list digest rather than its folder."""
+"""Run records: one JSON file per run, named by its config hash, written atomically together with its
+per-image table (whose SHA-256 the record stores); portable (no absolute machine paths) and identified
+by the data's content digest rather than its folder. Reading checks each record's shape and its table:
+a malformed record or a missing or damaged table is skipped, named, never read as a result."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import numbers
 import os
 import platform
 import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
+from ..files import atomic_group, file_sha256
 
 RECORDS_DIR = "records"
-# keys that do not change a run's result, left out of its config hash (runner hashes threshold when saving)
-NON_SEMANTIC_KEYS = {"results_dir", "figures", "force", "num_workers", "tag", "hydra", "cache_dir", "save_model", "threshold"}
+# keys that do not change a run's result, left out of its config hash (runner hashes threshold when saving);
+# ``tag`` is hashed when set: a tagged run is its own record (and leaderboard row), never the untagged one
+NON_SEMANTIC_KEYS = {"results_dir", "figures", "force", "num_workers", "hydra", "cache_dir", "save_model", "threshold", "quiet"}
 # where the data lives is not what it is: dataset.digest (its file list) enters the hash instead of dataset.root
 LOCATION_KEYS = {"root"}
 ELSEWHERE = "…"  # stands for the folders above a path outside every known anchor
@@ -24,7 +30,7 @@ ELSEWHERE = "…"  # stands for the folders above a path outside every known anc
 
 def config_hash(config: dict[str, Any]) -> str:
     """Stable short hash of the result-relevant config (without non-semantic keys and the data's location)."""
-    relevant = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
+    relevant = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS and not (k == "tag" and v is None)}
     if isinstance(relevant.get("dataset"), dict):
         relevant["dataset"] = {k: v for k, v in relevant["dataset"].items() if k not in LOCATION_KEYS}
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
@@ -82,36 +88,94 @@ def record_path(results_dir: Path, record: dict[str, Any]) -> Path:
     return Path(results_dir) / RECORDS_DIR / name.replace("/", "-")
 
 
-def write_record(results_dir: Path, record: dict[str, Any]) -> Path:
+def write_run(results_dir: Path, record: dict[str, Any], write_table: Callable[[Path], object], table_name: Callable[[Path], Path]) -> Path:
+    """Write a run's per-image table (``write_table(path)``) and its record as one unit: the record names the
+    table (``per_image``, beside it at ``table_name(record path)``) and stores its SHA-256 (``per_image_sha256``);
+    a failure (full disk, Ctrl-C) leaves neither file new. Returns the record's path."""
     path = record_path(results_dir, record)
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    table = table_name(path)
+    with atomic_group([table, path]) as (tmp_table, tmp_record):
+        write_table(tmp_table)
+        record["per_image"], record["per_image_sha256"] = table.name, file_sha256(tmp_table)
+        tmp_record.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 
-def find_record(results_dir: Path, config_hash_value: str) -> Path | None:
-    """An existing record with this config hash, if any."""
-    matches = sorted((Path(results_dir) / RECORDS_DIR).glob(f"*_{config_hash_value}.json"))
-    return matches[0] if matches else None
+# record keys the report reads, and the types they must have
+REQUIRED = {"method": str, "backbone": str, "dataset": str, "category": str, "image_size": int, "config": dict, "metrics": dict,
+            "config_hash": str}
+
+
+def record_problem(path: Path, record: Any) -> str | None:
+    """Why ``record`` (read from ``path``) cannot be used, or None: its shape, its metric values, its per-image table
+    (present, and matching its stored SHA-256)."""
+    if not isinstance(record, dict):
+        return f"not a run record (a JSON {type(record).__name__})"
+    for key, kind in REQUIRED.items():
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+            return f"not a run record ({key} missing or not a {kind.__name__})"
+    for name, value in record["metrics"].items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            return f"metric {name} is {value!r}, not a number or null"
+    for name, interval in (record.get("ci95") or {}).items():
+        if interval is not None and not (isinstance(interval, list) and len(interval) == 2
+                                         and all(v is None or isinstance(v, numbers.Real) for v in interval)):
+            return f"ci95.{name} is {interval!r}, not [low, high]"
+    if record.get("per_image") is not None:
+        table = path.parent / str(record["per_image"])
+        if not table.is_file():
+            return f"its per-image table {table.name} is missing"
+        stored = record.get("per_image_sha256")
+        if stored is not None and file_sha256(table) != stored:
+            return f"its per-image table {table.name} is damaged (SHA-256 differs from the record's)"
+    return None
+
+
+def scan_records(results_dir: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[tuple[Path, str]]]:
+    """(path, record) of every usable record under ``results_dir/records``, by file name, and (path, reason) of
+    every file skipped: unreadable JSON, not a run record, a metric that is not a number, a missing or damaged
+    per-image table."""
+    found, skipped = [], []
+    for path in sorted((Path(results_dir) / RECORDS_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            skipped.append((path, f"unreadable ({exc})"))
+            continue
+        problem = record_problem(path, record)
+        if problem:
+            skipped.append((path, problem))
+        else:
+            found.append((path, record))
+    return found, skipped
 
 
 def read_records(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """(path, record) of every readable record under ``results_dir/records``, by file name; unreadable files are skipped with a warning."""
-    found = []
-    for path in sorted((Path(results_dir) / RECORDS_DIR).glob("*.json")):
-        try:
-            found.append((path, json.loads(path.read_text())))
-        except (OSError, json.JSONDecodeError) as exc:
-            print(f"warning: skipping unreadable record {path}: {exc}")
+    """(path, record) of every usable record (:func:`scan_records`); each skipped file is named on stderr."""
+    found, skipped = scan_records(results_dir)
+    for path, reason in skipped:
+        print(f"warning: skipping record {path}: {reason}", file=sys.stderr)
     return found
 
 
 def load_records(results_dir: Path) -> list[dict[str, Any]]:
-    """Every readable record under ``results_dir/records``."""
+    """Every usable record under ``results_dir/records``."""
     return [record for _, record in read_records(results_dir)]
 
 
+def find_record(results_dir: Path, config_hash_value: str) -> Path | None:
+    """An existing, intact record with this config hash (its per-image table present and matching), if any."""
+    for path in sorted((Path(results_dir) / RECORDS_DIR).glob(f"*_{config_hash_value}.json")):
+        try:
+            if record_problem(path, json.loads(path.read_text())) is None:
+                return path
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+    return None
+
+
 def record_config(config: dict[str, Any], data_digest: str) -> dict[str, Any]:
-    """The config a record stores and hashes: portable paths, and the data named by its file-list digest."""
+    """The config a record stores and hashes: portable paths, and the data named by its content digest."""
     out = portable(config)
     out["dataset"]["digest"] = data_digest
     return out

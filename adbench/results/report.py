@@ -10,6 +10,7 @@ datasets with its critical-difference diagram, and the robustness tables.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,15 +28,18 @@ from .degraded import degradation_section
 from .naming import DEVIATES
 from .paper_numbers import comparison_lines, memory_bank_lines
 from .plots import section_plots
-from .records import portable_path, read_records
+from .records import portable_path, scan_records
 from .stats import (
     ALPHA,
-    PairedTest,
+    MIN_BLOCKS,
+    PROCEDURE,
     RankTest,
+    TableReader,
     cd_diagram,
     mark_ties,
-    paired_test,
     rank_test,
+    seed_intervals,
+    table_reader,
 )
 from .table import SECTION, STANDARD, current, frame, leaderboard
 
@@ -84,16 +88,28 @@ def _pct(value: float) -> str:
     return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
 
 
+MARKS = {"best": "**", "tie": "≈", "worse": "↓", "untested": "?"}
+
+
 def cell_text(row: pd.Series, metric: str) -> str:
-    """``mean [low, high]`` (one seed), ``mean ± std (n=k)`` (k seeds) in %; **bold** best, ≈ tie."""
+    """``mean [low, high]`` in % (k seeds: the seed mean, its interval over images and seeds, ``(n=k)``; ``± std``
+    when the seeds' tables are missing); **bold** best, ≈ tie, ↓ significantly worse, ? not tested (:data:`MARKS`)."""
     if np.isnan(row[metric]):
         return "n/a"
     text = _pct(row[metric])
-    text = f"**{text}**" if row.get(f"{metric}_best") else (f"≈{text}" if row.get(f"{metric}_tie") else text)
-    if row.n_seeds > 1:
-        return f"{text} ± {100 * row[f'{metric}_std']:.1f} (n={row.n_seeds})"
+    if row.get(f"{metric}_best"):
+        text = f"**{text}**"
+    elif row.get(f"{metric}_worse"):
+        text = f"{MARKS['worse']}{text}"
+    elif row.get(f"{metric}_tie"):
+        text = f"{MARKS['tie']}{text}"
+    elif f"{metric}_tested" in row and pd.isna(row.degrade):
+        text = f"{MARKS['untested']}{text}"
     low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
-    return text if np.isnan(low) else f"{text} [{_pct(low)}, {_pct(high)}]"
+    seeds = f" (n={row.n_seeds})" if row.n_seeds > 1 else ""
+    if np.isnan(low):
+        return f"{text} ± {100 * row[f'{metric}_std']:.1f}{seeds}" if seeds else text
+    return f"{text} [{_pct(low)}, {_pct(high)}]{seeds}"
 
 
 def _groups(board: pd.DataFrame) -> dict[str, list[str]]:
@@ -156,11 +172,15 @@ def cost_table(board: pd.DataFrame) -> pd.DataFrame:
 
 
 CELL_NOTE = (
-    "Cells: mean [95% CI over test images] for one seed, mean ± std over seeds (n = seeds), in %. **Bold**: best in the "
-    f"column; ≈: not significantly different from the best (α = {ALPHA}: paired test on the per-image scores of a common seed, "
-    "and Welch's t-test over seeds where both have two or more; a difference counts only when every available test rejects). "
-    "Unmarked: significantly worse, or untested (no per-image table and a single seed). Rows on degraded test images are not "
-    "compared. n/a = not applicable, – = not run."
+    "Cells: value [95% CI over test images] in %. Image AUROC: score interval (Newcombe 2006) with the binormal variance, "
+    "widened by DeLong's where the data vary more; other metrics: BCa bootstrap over test images (Wilson bound when every "
+    "resample is equal); never zero width (adbench/metrics/intervals.py, coverage in benchmarks/results/statistics.json). "
+    "Several seeds (n = seeds): the seed mean, its interval over the test images and the seeds. "
+    f"**Bold**: best in the column. Compared with each other on the same test images by a {PROCEDURE} (image AUROC: "
+    "DeLong's joint covariance of every configuration and seed; others: paired bootstrap): "
+    f"{MARKS['worse']} significantly worse than the best, {MARKS['tie']} not significantly different, {MARKS['untested']} not "
+    "tested (no per-image table, or other test images). Rows on degraded test images are not compared. "
+    "n/a = not applicable, – = not run."
 )
 
 
@@ -212,34 +232,47 @@ def leaderboard_sections(report: Report) -> list[str]:
 
 def _rank_lines(test: RankTest, label: str) -> list[str]:
     ranks = pd.DataFrame({"configuration": test.ranks.index, "average rank": [f"{r:.2f}" for r in test.ranks]})
-    pairs = [f"{a} vs {b} (p = {test.posthoc.at[a, b]:.3f})" for i, a in enumerate(test.ranks.index)
-             for b in test.ranks.index[i + 1:] if test.posthoc.at[a, b] < ALPHA]
-    lines = [f"**{label}**: {test.table.shape[1]} configurations on {test.table.shape[0]} blocks "
-             f"({', '.join(test.table.index)}). Friedman χ² = {test.statistic:.2f}, p = {test.p_value:.3g}; "
-             f"Nemenyi critical difference {test.cd:.2f} ranks at α = {ALPHA}.", "", markdown(ranks), "",
-             "Significantly different pairs (Nemenyi): " + ("; ".join(pairs) if pairs else "none") + "."]
+    n, k = test.table.shape
+    lines = [f"**{label}**: {k} configurations on {n} blocks ({', '.join(test.table.index)}). Friedman χ² = {test.statistic:.2f}, "
+             f"Iman-Davenport F = {test.f_statistic:.2f}, p = {test.p_value:.3g} ({test.distribution}).", "", markdown(ranks), ""]
+    if test.rejected:
+        pairs = [f"{a} vs {b} (p = {test.posthoc.at[a, b]:.3f})" for i, a in enumerate(test.ranks.index)
+                 for b in test.ranks.index[i + 1:] if test.posthoc.at[a, b] < ALPHA]
+        lines += [f"Friedman rejects at α = {ALPHA}; Nemenyi critical difference {test.cd:.2f} ranks"
+                  + (" (its studentized-range approximation is rough below 5 blocks)" if n < MIN_BLOCKS else "") + ". "
+                  "Significantly different pairs (Nemenyi): " + ("; ".join(pairs) if pairs else "none") + "."]
+    else:
+        lines += [f"No significant difference across {n} blocks (p ≥ α = {ALPHA}): the average ranks above are not "
+                  f"distinguishable from chance ordering{' with so few blocks' if n < MIN_BLOCKS else ''}, so no post-hoc "
+                  "test is run and no critical-difference diagram is drawn."]
     if test.left_out:
         lines.append(f"Not ranked (not run on every block above): {', '.join(test.left_out)}.")
     return lines + [""]
 
 
 def rank_section(report: Report) -> list[str]:
-    """Average ranks, Friedman and Nemenyi across categories and datasets, and the CD diagrams."""
+    """Average ranks and the Friedman test across categories and datasets; Nemenyi and the CD diagram only where it rejects."""
     lines = ["## Across categories and datasets: ranks, Friedman test, critical differences", "",
-             "Blocks are (dataset, category, image size) cells of clean full-setting runs; each configuration's value is its "
-             "mean over seeds; rank 1 = best, ties share the mean rank. Configurations run on fewer blocks are dropped until "
-             "every remaining one covers every remaining block (Demšar 2006: Friedman, then Nemenyi). With few blocks the "
-             "test has little power: an unmarked difference is not evidence of equality.", ""]
+             "Blocks are (dataset, category) cells of clean full-setting runs, each counted once; each configuration's value is "
+             "its mean over seeds (and over image sizes, where it was run at several); rank 1 = best, ties share the mean rank. "
+             "Configurations run on fewer blocks are dropped until every remaining one covers every remaining block. "
+             f"Demšar (2006): Friedman's test first (Iman-Davenport F; below {MIN_BLOCKS} blocks its exact or Monte Carlo "
+             "permutation distribution), the Nemenyi post-hoc test and the critical-difference diagram only when it rejects. "
+             "With few blocks the test has little power: no significant difference is not evidence of equality.", ""]
     for metric, label in METRIC_LABELS.items():
         test = rank_test(report.board, metric)
         if isinstance(test, str):
             lines += [f"**{label}**: no rank test ({test}).", ""]
             continue
         lines += _rank_lines(test, label)
-        if report.plots_dir is not None:
-            path = cd_diagram(test, report.plots_dir / f"critical_difference_{metric}.png",
-                              f"{label}: average rank over {test.table.shape[0]} blocks (bars: not significantly different, Nemenyi α={ALPHA})")
-            lines += [f"![critical difference {label}]({report.plots_dir.name}/{path.name})", ""]
+        if report.plots_dir is None:
+            continue
+        diagram = report.plots_dir / f"critical_difference_{metric}.png"
+        if test.rejected:
+            cd_diagram(test, diagram, f"{label}: average rank over {test.table.shape[0]} blocks (bars: not significantly different, Nemenyi α={ALPHA})")
+            lines += [f"![critical difference {label}]({report.plots_dir.name}/{diagram.name})", ""]
+        else:
+            diagram.unlink(missing_ok=True)  # an earlier report's diagram would contradict the text
     return lines
 
 
@@ -252,10 +285,10 @@ SECTIONS: list[Section] = [leaderboard_sections, rank_section, robustness_sectio
 
 
 def build(records: list[dict[str, Any]], source: str, plots_dir: Path | None = None, paths: list[str | None] | None = None,
-          paired_p: PairedTest | None = None) -> Report:
-    """The report's tables from run records (``paths`` relative to the results folder, for per-image tables)."""
+          read: TableReader | None = None) -> Report:
+    """The report's tables from run records (``paths`` relative to the results folder; ``read``: their per-image tables)."""
     runs = frame(records, paths)
-    board = mark_ties(leaderboard(runs), current(runs), paired_p)
+    board = seed_intervals(mark_ties(leaderboard(runs), current(runs), read), current(runs), read)
     return Report(runs, records, board, source, plots_dir)
 
 
@@ -264,13 +297,16 @@ def render(records: list[dict[str, Any]], source: str, plots_dir: Path | None = 
     return render_report(build(records, source, plots_dir, **options))
 
 
-def render_report(report: Report) -> str:
+def render_report(report: Report, skipped: list[str] | None = None) -> str:
+    """The markdown; ``skipped``: the record files left out (name and reason), listed under the header."""
     replaced = len(report.runs) - len(report.current)
     lines = ["# adbench leaderboard", "",
              f"Generated by `adbench-report` from {len(report.runs)} run records in `{report.source}`"
              + (f" ({replaced} replaced by a newer run of the same configuration and seed)" if replaced else "")
              + f": {len(report.board)} configuration x category rows, also in `leaderboard.csv` / `leaderboard.parquet`; "
              "do not edit by hand.", ""]
+    if skipped:
+        lines += [f"**Skipped records** ({len(skipped)}, counted nowhere below): " + "; ".join(skipped) + ".", ""]
     for make in SECTIONS:
         lines += make(report)
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -280,13 +316,15 @@ def write_report(results_dir: Path, output: Path | None = None) -> Path:
     """Write the markdown leaderboard (default ``results_dir/LEADERBOARD.md``), and beside it ``leaderboard.csv``,
     ``leaderboard.parquet`` and ``plots/``."""
     results_dir = Path(results_dir)
-    found = read_records(results_dir)
+    found, skipped = scan_records(results_dir)
+    for path, reason in skipped:
+        print(f"warning: skipping record {path}: {reason}", file=sys.stderr)
     if not found:
-        raise DataError(f"no run records under {results_dir / 'records'}; run adbench first")
+        raise DataError(f"no usable run records under {results_dir / 'records'}" + (f" ({len(skipped)} skipped)" if skipped else "; run adbench first"))
     output = Path(output) if output else results_dir / "LEADERBOARD.md"
     report = build([r for _, r in found], portable_path((results_dir / "records").absolute()), output.parent / "plots",
-                   [p.relative_to(results_dir).as_posix() for p, _ in found], paired_test(results_dir))
-    atomic_write_text(output, render_report(report))
+                   [p.relative_to(results_dir).as_posix() for p, _ in found], table_reader(results_dir))
+    atomic_write_text(output, render_report(report, [f"`{p.name}` ({reason})" for p, reason in skipped]))
     atomic_write(output.parent / "leaderboard.csv", lambda tmp: report.board.to_csv(tmp, index=False))
     atomic_write(output.parent / "leaderboard.parquet", lambda tmp: report.board.to_parquet(tmp, index=False))
     return output

@@ -167,18 +167,29 @@ def learning_curve_section(records: list[dict[str, Any]], plots_dir: Path | None
 
 
 def contamination_section(records: list[dict[str, Any]], plots_dir: Path | None = None) -> list[str]:
-    """Contaminated runs: metric vs ratio p of anomalies added to training."""
-    heading = ["## Contaminated training sets", "",
-               ("floor(p x n_train) real anomalous test images (drawn per draw) are added, unlabelled, to the normal training images "
-                "and leave the test set (`setting=contaminated setting.ratio=p`), as in IM-IAD's noisy setting; + = anomalies added. "
-                "Each p is scored on the test set that remains, so the test sets of different p differ by the moved anomalies."), ""]
+    """Contaminated runs: metric vs ratio p of anomalies added to training, one section per protocol."""
+    fixed = ["## Contaminated training sets", "",
+             ("floor(p x n_train) real anomalous test images are added, unlabelled, to the normal training images "
+              "(`setting=contaminated setting.ratio=p`), as in IM-IAD's noisy setting; + = anomalies added. One pool of "
+              "floor(pool x n_train) anomalies (drawn per draw) leaves the test set for every p, p = 0 included, and p trains "
+              "on the first of them: every point of a curve is scored on the same test images."), ""]
+    im_iad = ["## Contaminated training sets, IM-IAD protocol", "",
+              ("As above, but floor(p x n_train) anomalies are drawn per p and leave the test set "
+               "(`setting.protocol=im_iad`, IM-IAD's protocol): each p is scored on the test set that remains, so the test "
+               "sets of different p differ by the moved anomalies."), ""]
 
     def column(x: float, runs: list[dict[str, Any]]) -> str:
         added = sorted({r["setting"].get("added_anomalies", len(r.get("train_anomalies", []))) for r in runs})
         return f"p={x:g} (+{'/'.join(str(a) for a in added)})"
 
-    return _curve_section(records, plots_dir, "contaminated", heading, lambda r: r["setting"]["ratio"], column,
-                          "anomalies added per normal training image p", False, "contamination")
+    def protocol(record: dict[str, Any]) -> str:  # records from before the protocol key followed IM-IAD's
+        return record.get("setting", {}).get("protocol", "im_iad")
+
+    return [line for name, heading, suffix in (("fixed_test", fixed, "contamination"), ("im_iad", im_iad, "contamination_im_iad"))
+            for line in _curve_section([r for r in records if setting_name(r) != "contaminated" or protocol(r) == name], plots_dir,
+                                       "contaminated", heading,
+                                       lambda r: r["setting"]["ratio"], column, "anomalies added per normal training image p",
+                                       False, suffix)]
 
 
 def _one_class_key(record: dict[str, Any]) -> tuple:

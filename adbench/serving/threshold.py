@@ -5,7 +5,9 @@ image, drawn with the run's seed) of the normal training images, fits on the res
 held-out images. The image threshold is the ``threshold.quantile`` (default 1.0, the maximum) of their
 image scores: every held-out normal image scores at or below it. The pixel threshold (outlined in the
 overlays) is the same quantile of their per-image maximum map values. A score strictly above the
-threshold is called anomalous.
+threshold is called anomalous. Fewer than ``FEW_HELD_OUT`` held-out images make a noisy threshold (the
+maximum of two scores flags many good images): saving and predicting with one warn; ``adbench-predict
+threshold=VALUE`` overrides it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 from ..errors import ConfigError
 from ..methods import AnomalyDetector, Prediction
 from ..methods.scoring import score_batches
+
+FEW_HELD_OUT = 10  # fewer held-out images than this: the threshold is noisy, a warning says so
 
 
 def calibrate_threshold(method: AnomalyDetector, batches: Iterable[dict], quantile: float) -> dict[str, Any]:

@@ -1,0 +1,119 @@
+"""PatchCore's exact reduced-rank bank against the literal embed_dim-wide one, same run, same data.
+
+Both paths fit on the same decoded training batches and score the same decoded test batches
+(``reduce_rank=false`` then the default): coreset picks shared, image scores and anomaly maps
+(max relative difference), bank bytes, and the model time of ``predict`` over the test set (so the
+ratio, not the absolute figure, is what other processes on the machine cannot bias much).
+
+    ADBENCH_DATA=../shared/data python benchmarks/bench_reduced_rank.py dataset=mvtec dataset.category=bottle
+    python benchmarks/bench_reduced_rank.py                               # ELPV (the package's images)
+    python benchmarks/bench_reduced_rank.py method=patchcore_1pct dataset=elpv
+
+Writes benchmarks/results/reduced_rank_<dataset>_<category>_<ratio>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import save
+from hydra import compose, initialize_config_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adbench.config import conf_dir
+from adbench.config.build import build_backbone, build_method
+from adbench.data.dataset import ImageDataset
+from adbench.data.transforms import Transform
+from adbench.features import coreset
+from adbench.runner import load_data, loader
+
+
+def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max(|a|, |b|), over the elements (0 where both are 0)."""
+    scale = np.maximum(np.abs(a), np.abs(b))
+    return float(np.max(np.where(scale > 0, np.abs(a - b) / np.where(scale > 0, scale, 1), 0)))
+
+
+def run(method, train: list[dict], test: list[dict]) -> dict:
+    """Fit and score; the coreset's picks are recorded on the way."""
+    picked = {}
+    inner = coreset.greedy_coreset
+
+    def recording(points, n_select, seed=0, progress=True):
+        picked["picks"] = inner(points, n_select, seed, progress)
+        return picked["picks"]
+
+    coreset.greedy_coreset = recording
+    try:
+        began = time.perf_counter()
+        method.fit(train)
+        fit_s = time.perf_counter() - began
+    finally:
+        coreset.greedy_coreset = inner
+    method.predict(test[0]["image"])  # warm-up
+    scores, maps, seconds = [], [], 0.0
+    for batch in test:
+        began = time.perf_counter()
+        prediction = method.predict(batch["image"])
+        seconds += time.perf_counter() - began
+        scores.append(prediction.image_scores)
+        maps.append(prediction.maps)
+    return {"fit_s": fit_s, "score_s": seconds, "scores": np.concatenate(scores), "maps": np.concatenate(maps),
+            "picks": picked.get("picks"), "bank_bytes": method.memory_bank_bytes, "bank_shape": list(method.memory_bank_shape),
+            "fit_info": dict(method.fit_info)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: method=patchcore dataset=elpv)")
+    args = parser.parse_args()
+    overrides = ["method=patchcore", "dataset=elpv", "device=cpu", *args.overrides]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides)
+    split = load_data(cfg)
+    backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
+    transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
+    train = list(loader(ImageDataset(split.train, transform), cfg))  # decoded once for both paths
+    test = list(loader(ImageDataset(split.test, transform), cfg))
+    runs, load = {}, {}
+    for name, reduce in (("wide", False), ("reduced", True)):
+        cfg.method.reduce_rank = reduce
+        torch.manual_seed(cfg.seed)
+        load[name] = os.getloadavg()[0]
+        runs[name] = run(build_method(cfg.method, backbone, torch.device("cpu"), cfg.backbone), train, test)
+        print(f"{name}: fit {runs[name]['fit_s']:.1f} s, scoring {len(runs[name]['scores']) / runs[name]['score_s']:.2f} img/s, "
+              f"bank {runs[name]['bank_shape']}", flush=True)
+    wide, reduced = runs["wide"], runs["reduced"]
+    shared = (len(set(wide["picks"].tolist()) & set(reduced["picks"].tolist())) / len(wide["picks"])
+              if wide["picks"] is not None else 1.0)
+    n_test = len(wide["scores"])
+    result = {
+        "overrides": overrides,
+        "n_train": len(split.train), "n_test": n_test,
+        "wide": {"bank_shape": wide["bank_shape"], "bank_mib": wide["bank_bytes"] / 2**20, "fit_s": wide["fit_s"],
+                 "scoring_images_per_s": n_test / wide["score_s"], "load_1min": load["wide"]},
+        "reduced": {"bank_shape": reduced["bank_shape"], "bank_mib": reduced["bank_bytes"] / 2**20, "fit_s": reduced["fit_s"],
+                    "scoring_images_per_s": n_test / reduced["score_s"], "load_1min": load["reduced"], "fit_info": reduced["fit_info"]},
+        "coreset_picks_shared": shared,
+        "image_scores_max_relative_difference": relative_difference(wide["scores"], reduced["scores"]),
+        "maps_max_relative_difference": relative_difference(wide["maps"], reduced["maps"]),
+        "bank_ratio": wide["bank_bytes"] / reduced["bank_bytes"],
+        "scoring_speedup": wide["score_s"] / reduced["score_s"],
+        "targets": {"image_scores_max_relative_difference": 1e-4, "maps_max_relative_difference": 1e-4,
+                    "coreset_picks_shared": 0.999, "bank_ratio": 5.0, "scoring_speedup": 4.0},
+    }
+    for key, target in result["targets"].items():
+        print(f"{key}: {result[key]:.6g} (target {'<=' if 'difference' in key else '>='} {target:g})")
+    tag = f"{cfg.dataset.name}_{cfg.dataset.category}_{cfg.method.coreset_ratio:g}"
+    print(save(f"reduced_rank_{tag}", result))
+
+
+if __name__ == "__main__":
+    main()
