@@ -9,9 +9,12 @@ import functools
 import itertools
 import os
 import re
+import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +28,8 @@ from .files import FULL_DISK
 PROGS = {"config": "adbench", "report": "adbench-report", "predict": "adbench-predict", "import": "adbench-import"}
 QUOTING = "a value with spaces or characters such as é ( ) [ ] , goes in quotes: 'dataset.root=\"/my data/x\"'"
 GROUPS = ("method", "dataset", "backbone", "setting")  # config groups a sweep may vary, each job composed with its own
-SWEEP_CHECKS = 64  # the group combinations of a sweep composed and validated up front
+SWEEP_CHECKS = 64
+FAILURES_ENV = "ADBENCH_SWEEP_FAILURES"  # the folder where the jobs of a sweep note their failures  # the group combinations of a sweep composed and validated up front
 
 
 def quiet_libraries() -> None:
@@ -142,8 +146,6 @@ def hydra_command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    failed: list[str] = []
-
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], None]:
         @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name=config_name)
         def app(cfg: DictConfig) -> None:
@@ -157,7 +159,10 @@ def hydra_command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig
                 print(f"{prog}: error: {line}", file=sys.stderr)
                 if HydraConfig.get().mode != RunMode.MULTIRUN:
                     sys.exit(2)
-                failed.append(line)  # the other jobs of the sweep go on
+                # the other jobs of the sweep go on; the sweep's process counts the failures at the end, also of jobs
+                # run in other processes of this machine (joblib launcher), through files in the folder it named
+                if os.environ.get(FAILURES_ENV):
+                    (Path(os.environ[FAILURES_ENV]) / f"{os.getpid()}-{HydraConfig.get().job.num}").write_text(line)
 
         @functools.wraps(task)
         def main() -> None:
@@ -165,6 +170,8 @@ def hydra_command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig
             register_search_path()  # installed method plugins' conf folders (adbench/config/searchpath.py)
             if not OmegaConf.has_resolver("adbench_help"):
                 OmegaConf.register_new_resolver("adbench_help", lambda: help_text(prog) if config_name == "config" else command_help(config_name, prog))
+            failures = Path(tempfile.mkdtemp(prefix="adbench-sweep-"))
+            os.environ[FAILURES_ENV] = str(failures)
             try:
                 error = check_overrides(config_name, sys.argv[1:], prog)
                 if error:
@@ -176,8 +183,11 @@ def hydra_command(config_name: str, prog: str) -> Callable[[Callable[[DictConfig
                 # on a line of its own: a progress bar may have been cut mid-line
                 print(f"\n{prog}: interrupted; records already written are kept, nothing partial was left", file=sys.stderr)
                 sys.exit(130)
+            finally:
+                failed = len(list(failures.iterdir()))
+                shutil.rmtree(failures, ignore_errors=True)
             if failed:
-                print(f"{prog}: error: {len(failed)} job(s) of the sweep failed (named above); the other jobs' records are kept", file=sys.stderr)
+                print(f"{prog}: error: {failed} job(s) of the sweep failed (named above); the other jobs' records are kept", file=sys.stderr)
                 sys.exit(2)
 
         return main

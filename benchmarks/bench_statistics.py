@@ -180,6 +180,20 @@ def ties(reps: int, seed: int = 0) -> dict:
     return out
 
 
+def summary(rows: list[dict]) -> dict:
+    """Per metric: the coverage range where the truth is below 0.999, the cells outside the target, zero-width intervals."""
+    out = {}
+    for metric in sorted({r["metric"] for r in rows}):
+        mine = [r for r in rows if r["metric"] == metric and r["target_auroc"] < 0.999]
+        outside = [f"AUROC {r['target_auroc']} at ({r['n_normal']}, {r['n_anomalous']}): {r['coverage']:.3f}" for r in mine
+                   if not TARGET[0] <= r["coverage"] <= TARGET[1]]
+        out[metric] = {"coverage_min": min(r["coverage"] for r in mine), "coverage_max": max(r["coverage"] for r in mine),
+                       "cells": len(mine), "outside_target": outside,
+                       "zero_width": sum(r["zero_width"] for r in rows if r["metric"] == metric),
+                       "meets_target": not outside}
+    return out
+
+
 def merge(part: str, value) -> None:
     saved = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else {}
     if part == "coverage":
@@ -187,6 +201,8 @@ def merge(part: str, value) -> None:
         old = [r for r in saved.get("coverage", []) if (r["metric"], r["target_auroc"], r["n_normal"], r["n_anomalous"]) not in keep]
         value = sorted(old + value, key=lambda r: (r["metric"], r["n_normal"], r["target_auroc"]))
     saved[part] = value
+    if saved.get("coverage"):
+        saved["summary"] = summary(saved["coverage"])
     saved["targets"] = {"coverage": list(TARGET), "where": "truth below 0.999", "family_wise_error": 0.05, "zero_width": 0}
     saved["machine"] = machine()
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def test_cfa_loss_uses_k_nearest_then_next_j_centres(backbone) -> None:
             d = sorted(float(np.sum((features[0, :, y, x] - c) ** 2)) for c in bank)
             att += [max(0.0, v - r2) for v in d[:2]]
             rep += [max(0.0, r2 - v - 0.1) for v in d[2:4]]
-    assert loss.item() == pytest.approx(np.mean(att) + np.mean(rep), rel=1e-5)
+    assert loss.item() == pytest.approx(np.mean(att) + np.mean(rep), rel=1e-5)  # float32 loss vs float64 sums
     model.adaptation = "att"
     assert model.cfa_loss(head, torch.from_numpy(features), torch.from_numpy(bank), index).item() == pytest.approx(np.mean(att), rel=1e-5)
 
@@ -138,7 +138,7 @@ def test_painted_defect_scores_higher_and_state_round_trips(backbone) -> None:
     row, col = np.unravel_index(prediction.maps[1].argmax(), (64, 64))
     assert 16 <= row <= 48 and 16 <= col <= 48
     clone = cfa(backbone, bank_init="ema").load_fitted_state(model.fitted_state())
-    np.testing.assert_allclose(clone.predict(test).maps, prediction.maps, rtol=1e-5)
+    np.testing.assert_allclose(clone.predict(test).maps, prediction.maps, rtol=1e-6)
 
 
 def test_cfa_plus_ensembles_two_views(backbone) -> None:

@@ -23,7 +23,8 @@ def test_patchcore_on_real_bottle(data_root, tmp_path) -> None:
     n_patches = record["fit_info"]["patches"]
     assert n_patches == 209 * 28 * 28  # one patch per stride-8 position of every training image
     assert record["memory_bank"]["vectors"] == int(n_patches * 0.1)  # anomalib's KCenterGreedy: int(n * ratio)
-    assert record["memory_bank"]["dims"] == 1024  # patchcore-inspection: layers pooled to 1024, then the stack
+    # patchcore-inspection: layers pooled to 1024, then the stack; stored exactly as R x, rank 40 + 112 (tests/test_reduced_rank.py)
+    assert record["fit_info"]["embed_dim"] == 1024 and record["memory_bank"]["dims"] == record["fit_info"]["rank"] == 152
     saved = json.loads(next((tmp_path / "records").glob("*.json")).read_text())
     assert saved["metrics"] == metrics and saved["config"]["method"]["coreset_ratio"] == 0.1
 

@@ -94,3 +94,16 @@ def test_no_reduction_where_it_does_not_narrow(dim) -> None:
     backbone = Backbone("tf_efficientnet_lite0", LAYERS, pretrained=False)
     model = method_class("patchcore")(backbone, LAYERS, embed_dim=dim, coreset_ratio=0.5).fit([{"image": torch.randn(2, 3, 64, 64)}])
     assert model.bank.shape[1] == (dim or 152) and not model.reduced
+
+
+def test_records_written_before_the_key_are_named_as_the_literal_bank() -> None:
+    from adbench.results.naming import run_name
+
+    method = {"name": "patchcore", "layers": ["blocks.2", "blocks.4"], "patch_size": 3, "embed_dim": 1024, "coreset_ratio": 0.1,
+              "proj_dim": 128, "num_neighbors": 1, "reweight": False, "reweight_neighbors": 9, "sigma": 4.0, "nn_backend": "auto",
+              "nn_max_block_bytes": 268435456, "seed": 0}
+    config = {"backbone": {"patch_layers": ["blocks.2", "blocks.4"]}, "seed": 0}
+    old = {"method": "patchcore", "config": {**config, "method": method}}
+    new = {"method": "patchcore", "config": {**config, "method": {**method, "reduce_rank": True}}}
+    assert run_name(old) == "patchcore [reduce_rank=false]"
+    assert run_name(new) == "patchcore"

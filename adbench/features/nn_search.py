@@ -104,14 +104,15 @@ class NearestNeighbours:
         bank_rows = max(k, min(n_bank, self.max_block_bytes // (4 * 1024)))
         query_rows = max(1, self.max_block_bytes // (4 * bank_rows))
         out_d, out_i = [], []
+        buffer = torch.empty(min(query_rows, len(queries)) * bank_rows, device=self.device)  # the one block, reused
         for q in queries.split(query_rows):
             best_d = best_i = None
             for start in range(0, n_bank, bank_rows):
                 stop = min(start + bank_rows, n_bank)
-                # freed before the next block is computed: one block (the budget) alive at a time
-                block = squared_distances(q, self.bank[start:stop], self._bank_sq[start:stop])
-                d, i = block.topk(min(k, stop - start), dim=1, largest=False)
-                del block
+                # ||b||^2 - 2 q.b: ||q - b||^2 less ||q||^2, the same order along the row (exact distances follow)
+                block = buffer[: len(q) * (stop - start)].view(len(q), stop - start)
+                torch.addmm(self._bank_sq[None, start:stop], q, self.bank[start:stop].T, alpha=-2.0, out=block)
+                d, i = block.min(1, keepdim=True) if k == 1 else block.topk(min(k, stop - start), dim=1, largest=False)
                 i += start
                 if best_d is not None:
                     d, order = torch.cat([best_d, d], 1).topk(k, dim=1, largest=False)
@@ -128,28 +129,34 @@ class NearestNeighbours:
                           for q, i in zip(queries.split(rows), idx.split(rows))])
 
 
+CANDIDATES = 7  # batched_search: extra neighbours found approximately and re-ranked by their exact distances
+
+
 def batched_search(queries: torch.Tensor, banks: torch.Tensor, k: int = 1, max_block_bytes: int = 256 * 2**20) -> tuple[torch.Tensor, torch.Tensor]:
     """k-NN of every row of ``queries[g]`` (G, n, d) in its own bank ``banks[g]`` (G, m, d), all groups at once.
 
     One batched matmul (``baddbmm``) per block of at most ``max_block_bytes`` of float32 distances,
-    a running top-k across bank blocks, then the k distances recomputed exactly as ||q - b||, sorted:
+    a running top-(k + ``CANDIDATES``) across bank blocks, whose distances are recomputed exactly as ||q - b||; the k nearest, sorted:
     (distances, indices), each (G, n, k). No per-group Python loop and no host synchronisation, so
     on CUDA the whole search is a few kernel launches per block (SPADE's per-image galleries).
     """
     groups, n, dims = queries.shape
     m = banks.shape[1]
-    k = min(k, m)
+    want = min(k, m)
+    k = min(m, want + CANDIDATES)  # float32 ||b||^2 - 2 q.b can misorder near-ties: the exact distances of a few more decide
+    centre = banks.mean(1, keepdim=True)  # distances do not move; ||b||^2 - 2 q.b loses fewer digits around the bank's mean
+    queries, banks = queries - centre, banks - centre
     bank_sq = banks.square().sum(2)[:, None, :]  # (G, 1, m)
     cols = max(k, min(m, max_block_bytes // (4 * groups * max(n, 1))))
     rows = max(1, min(n, max_block_bytes // (4 * groups * cols)))
-    block = torch.empty(groups, rows, cols, device=queries.device, dtype=torch.float32)  # reused by every block
+    buffer = torch.empty(groups * rows * cols, device=queries.device, dtype=queries.dtype)  # reused by every block
     out_d, out_i = [], []
     for r0 in range(0, n, rows):
         q = queries[:, r0 : r0 + rows]
         best_d = best_i = None
         for c0 in range(0, m, cols):
             c1 = min(m, c0 + cols)
-            part = block[: q.shape[0], : q.shape[1], : c1 - c0]
+            part = buffer[: groups * q.shape[1] * (c1 - c0)].view(groups, q.shape[1], c1 - c0)
             torch.baddbmm(bank_sq[:, :, c0:c1], q, banks[:, c0:c1].transpose(1, 2), alpha=-2.0, out=part)  # ||b||^2 - 2 q.b
             d, i = part.topk(min(k, c1 - c0), dim=2, largest=False)
             i += c0
@@ -162,7 +169,7 @@ def batched_search(queries: torch.Tensor, banks: torch.Tensor, k: int = 1, max_b
         out_i.append(best_i)
     dist, idx = torch.cat(out_d, 1), torch.cat(out_i, 1)
     dist, order = dist.sort(dim=2)
-    return dist, idx.gather(2, order)
+    return dist[..., :want], idx.gather(2, order)[..., :want]
 
 
 def _sorted(dist: torch.Tensor, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -309,7 +309,7 @@ class CFA(AnomalyDetector):
             att, rep = self.cfa_losses(head, batch_of(items), bank, index)
             optimiser.zero_grad(set_to_none=True)
             (att + rep).backward()
-            pass  # NOSTEP optimiser.step()
+            optimiser.step()
             return {"loss": att.item() + rep.item(), "att": att.item(), "rep": rep.item(), "rep_active": float(rep.item() > 0)}
 
         loop = TrainingLoop(self.epochs, self.train_batch_size, self.seed, self.patience, f"{self.name}: train {view}")

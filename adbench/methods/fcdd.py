@@ -381,7 +381,7 @@ class FCDD(AnomalyDetector):
             loss = loss_of(chunk, False, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            pass  # NOSTEP optimizer.step()
+            optimizer.step()
             return {"loss": loss.item()}
 
         def val_loss(chunk: torch.Tensor) -> float:  # the same anomaly draws every epoch

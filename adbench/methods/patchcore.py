@@ -25,6 +25,7 @@ and upsamples maps nearest; its Gaussian blur (torch reflect padding) is the one
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ class PatchCore(AnomalyDetector):
         "nn_backend": ["auto", "faiss", "torch"], "nn_max_block_bytes": "[1, inf)", "seed": "[0, inf)",
     }
     fitted_attributes = ("bank",)
+    legacy_params: ClassVar[dict[str, Any]] = {"reduce_rank": False}  # records written before the key: the literal bank
 
     def __init__(
         self,
@@ -139,9 +141,11 @@ class PatchCore(AnomalyDetector):
             features = self.embed(piece)
             scores.append(self.patch_scores(features))
             image.append(self._reweighted(features, scores[-1]) if self.reweight else scores[-1].flatten(1).amax(1))
-        image, scores = torch.cat(image), torch.cat(scores)
-        maps = upsample_scores(scores, tuple(images.shape[-2:]), self.sigma)
-        return Prediction(image.cpu().numpy().astype(np.float64), maps.cpu().numpy())
+        image = torch.cat(image).cpu().numpy().astype(np.float64)
+        if not self.compute_maps:  # image-level data: no upsampled, blurred maps
+            return Prediction(image)
+        maps = upsample_scores(torch.cat(scores), tuple(images.shape[-2:]), self.sigma)
+        return Prediction(image, maps.cpu().numpy())
 
     @property
     def memory_bank_shape(self) -> tuple[int, ...]:

@@ -235,7 +235,7 @@ class ReConPatch(AnomalyDetector):
             loss, pairwise = loss_of(patches(group, generator))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            pass  # NOSTEP optimiser.step()
+            optimiser.step()
             schedule.step()
             ema.update_parameters(net)
             return {"loss": loss.item(), "pairwise_off_diagonal": pairwise}  # ~0: w is the contextual term alone

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import numpy as np
-import pandas as pd
 
 RESAMPLES = 1000
 

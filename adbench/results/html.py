@@ -25,9 +25,10 @@ img{max-width:100%}figure{display:inline-block;margin:4px;vertical-align:top;tex
 figure img{width:160px;height:160px;image-rendering:pixelated;border:1px solid #999}
 .case{display:inline-block;border:1px solid #ddd;margin:4px;padding:4px}
 """
-# sorts a table by the clicked column: numbers by value (the first number in the cell), text alphabetically, n/a and – last
+# sorts a table by the clicked column: numbers by value (the number a cell starts with after marks such as ↓ ≈ **),
+# text alphabetically, n/a and – last
 SCRIPT = """
-function cellKey(td){const t=td.textContent.trim();const m=t.replace(/[≈*]/g,'').match(/^-?\\d+(\\.\\d+)?/);
+function cellKey(td){const t=td.textContent.trim();const m=t.replace(/^[^\\w-]+/,'').match(/^-?\\d+(\\.\\d+)?/);
  return m?[0,parseFloat(m[0])]:(t==='n/a'||t==='–'||t==='')?[2,0]:[1,t.toLowerCase()];}
 function sortBy(th){const table=th.closest('table'),body=table.tBodies[0],i=[...th.parentNode.children].indexOf(th);
  const up=th.getAttribute('aria-sort')!=='ascending';

@@ -72,10 +72,24 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def legacy_params(name: Any) -> dict[str, Any]:
+    """What a record written before a method key existed ran with (the method's ``legacy_params``, e.g.
+    PatchCore's ``reduce_rank: false``); {} for a method that declares none or is not installed."""
+    from ..methods import method_class
+
+    try:
+        return dict(getattr(method_class(str(name)), "legacy_params", {}))
+    except Exception:  # noqa: BLE001 - an unknown or broken plugin only loses this refinement of the name
+        return {}
+
+
 def method_differences(config: dict[str, Any]) -> list[str]:
-    """``key=value`` for every method key (seed and name aside) that differs from the method's defaults."""
+    """``key=value`` for every method key (seed and name aside) that differs from the method's defaults;
+    a key the record lacks counts with its legacy value, when the method declares one."""
     defaults = method_defaults(config)  # keys the YAML does not hold (or cannot resolve) are not compared
-    return [f"{key}={fmt(value)}" for key, value in config.get("method", {}).items()
+    method = config.get("method", {})
+    method = {**legacy_params(method.get("name")), **method} if defaults else method
+    return [f"{key}={fmt(value)}" for key, value in method.items()
             if key not in ("name", "seed") and defaults.get(key, _UNKNOWN) is not _UNKNOWN and value != defaults[key]]
 
 

@@ -88,7 +88,7 @@ def _pct(value: float) -> str:
     return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
 
 
-MARKS = {"best": "**", "tie": "≈", "worse": "↓", "untested": "?"}
+MARKS = {"tie": "≈", "worse": "↓", "untested": "?"}  # the legend is CELL_NOTE
 
 
 def cell_text(row: pd.Series, metric: str) -> str:

@@ -7,7 +7,8 @@
   together stays at α = 0.05 however many configurations a cell has, and picking the best after looking
   is part of the family (a configuration is marked worse only when some other is significantly better).
   The joint null distribution of the configurations' estimates is DeLong's covariance over all their
-  scorings for image AUROC (Gaussian draws), and the paired stratified bootstrap over test images for
+  scorings for image AUROC (multivariate t draws, df = the smaller class's images - 1: with 20 normal
+  images Gaussian draws let the family-wise error reach 0.07), and the paired stratified bootstrap over test images for
   the other metrics. A configuration with several seeds enters with its seed mean: every seed's scoring
   is in the joint distribution, plus its between-seed variance / seeds. A configuration without a
   per-image table, or scored on other test images, is not tested (and says so).
@@ -92,6 +93,8 @@ def _null_draws(groups: list[list[pd.DataFrame]], metric: str, seed: int) -> tup
         auc, cov = delong(np.stack([t["score"].to_numpy() for t in tables]), labels)
         values, joint = auc, average @ np.nan_to_num(cov) @ average.T
         draws = rng.multivariate_normal(np.zeros(len(groups)), joint, size=DRAWS, method="eigh")
+        df = min(labels.sum(), (~labels).sum()) - 1  # multivariate t: DeLong's variance from few images of a class is itself noisy
+        draws /= np.sqrt(rng.chisquare(max(df, 1), size=(DRAWS, 1)) / max(df, 1))
     else:
         weights = StratifiedBootstrap(RESAMPLES, seed).weights(labels)
         evaluators = [WeightedMetrics(t) for t in tables]
@@ -228,7 +231,7 @@ class RankTest:
     metric: str
     table: pd.DataFrame  # blocks x treatments, the metric's mean over seeds (and image sizes)
     ranks: pd.Series  # average rank per treatment, 1 = best, ascending
-    statistic: float  # Friedman's χ² (tie-corrected)
+    statistic: float  # Friedman's χ² from the average ranks (Demšar's formula, no tie correction)
     f_statistic: float  # Iman & Davenport's F = (N - 1) χ² / (N (k - 1) - χ²)
     p_value: float
     distribution: str  # how p was found
@@ -281,8 +284,8 @@ def rank_test(board: pd.DataFrame, metric: str, alpha: float = ALPHA) -> RankTes
         return f"needs at least 3 configurations run on the same 2 or more blocks; found {k} on {n}"
     if (table.nunique(axis=1) == 1).all():
         return f"all {k} configurations score the same on every block"
-    statistic = float(stats.friedmanchisquare(*(table[c].to_numpy() for c in table.columns)).statistic)
     block_ranks = table.rank(axis=1, ascending=False)
+    statistic = float(12 * n / (k * (k + 1)) * (np.sum(block_ranks.mean() ** 2) - k * (k + 1) ** 2 / 4))  # Demšar (2006), eq. 1
     p_value, distribution = friedman_p(block_ranks.to_numpy(), statistic)
     f = np.inf if statistic >= n * (k - 1) else (n - 1) * statistic / (n * (k - 1) - statistic)
     ranks = block_ranks.mean()

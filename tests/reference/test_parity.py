@@ -105,9 +105,9 @@ def test_padim_embedding_gaussian_and_mahalanobis_map_match_anomalib() -> None:
     factor = model.inverse_factor.double()  # Sigma^-1 = W^T W
     covariance = torch.linalg.inv(factor.transpose(1, 2) @ factor).numpy()
     np.testing.assert_allclose(covariance, GOLDEN["padim_covariance"], rtol=1e-4, atol=1e-5)
-    # anomalib inverts Sigma + 1e-5 I: relative differences of order 1e-5 / 0.01
-    np.testing.assert_allclose(model.patch_scores(embedding).numpy(), GOLDEN["padim_distance"], rtol=2e-3)
-    np.testing.assert_allclose(model.predict(test).maps, GOLDEN["padim_map"], rtol=2e-3)
+    # anomalib inverts Sigma + 1e-5 I: relative differences of order 1e-5 / 0.01 (measured 4.7e-4)
+    np.testing.assert_allclose(model.patch_scores(embedding).numpy(), GOLDEN["padim_distance"], rtol=1e-3)
+    np.testing.assert_allclose(model.predict(test).maps, GOLDEN["padim_map"], rtol=1e-3)
 
 
 def _cfa_model():
