@@ -239,5 +239,5 @@ def test_degraded_run_end_to_end(tmp_path: Path):
     assert degraded["config_hash"] != clean["config_hash"] and degraded["n_test"] == clean["n_test"]
     assert degraded["metrics"]["pixel_auroc"] != clean["metrics"]["pixel_auroc"]
     text = render([clean, degraded], "records")
-    assert "patchcore [blur:5]" in text and "## Robustness: clean vs degraded test images" in text
-    assert "| synthetic | stripes | patchcore |" in text
+    assert "patchcore [blur:5; ≠paper]" in text and "## Robustness: clean vs degraded test images" in text
+    assert "| synthetic | stripes | patchcore [≠paper] |" in text

@@ -95,6 +95,7 @@ def fake_record(method: str, category: str, image_auroc: float, pixel_auroc: flo
         "memory_bank": {"shape": [100, 10], "bytes": 4000}, "fit_seconds": 1.0, "peak_rss_bytes": 2**30,
         "layers": ["blocks.2", "blocks.4"], "feature_maps": [["blocks.2", 40, 28, 28], ["blocks.4", 112, 14, 14]],
         "config": {"dataset": {"name": "mvtec", "root": None}, "method": {"name": method, **method_config}},
+        "config_hash": f"{method}-{category}-{image_auroc}",
     }
 
 
@@ -164,7 +165,7 @@ def test_memory_bank_formulas_evaluate_the_papers_expressions():
 
 
 def test_leaderboard_shows_paper_numbers_formulas_and_plots(tmp_path):
-    records = [fake_record("patchcore", "bottle", 0.99, coreset_ratio=0.1, embed_dim=1024),
+    records = [fake_record("patchcore", "bottle", 0.99, coreset_ratio=0.1, embed_dim=1024, reduce_rank=True),
                {**fake_record("padim", "bottle", 0.98, dim=100), "feature_cache": {"fit": {"hits": 3}, "test": {"hits": 0}}}]
     text = render(records, "records")
     assert "**Paper numbers beside measured ones**" in text and "| patchcore | bottle | image_auroc | 99.0 | 100 | -1.0 |" in text

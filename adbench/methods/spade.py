@@ -105,13 +105,14 @@ class SPADE(AnomalyDetector):
         start = 0
         for maps, (c, h, w) in zip(pyramid, self.gallery_shapes.tolist()):
             layer = self.gallery[:, start : start + c * h * w]
-            group = max(1, PIXEL_BLOCK_BYTES // (8 * k * c * h * w))  # images whose galleries are gathered at once
+            group = max(1, PIXEL_BLOCK_BYTES // (16 * k * c * h * w))  # images whose galleries (float64, twice) are gathered at once
             for g in range(0, b, group):
                 near = neighbours[g : g + group]
                 bank = layer[near.reshape(-1)].reshape(len(near), k, c, h * w).transpose(2, 3).reshape(len(near), k * h * w, c)
                 queries = maps[g : g + group].flatten(2).transpose(1, 2).to(bank.device)
-                dist, _ = batched_search(queries, bank, self.kappa, PIXEL_BLOCK_BYTES)
-                patch = dist.mean(2).reshape(len(near), 1, h, w).to(scores.device)
+                # float64: in float32, ||b||^2 - 2 q.b misorders the dense near-ties of a pixel gallery (map errors up to 1e-4 of the max)
+                dist, _ = batched_search(queries.double(), bank.double(), self.kappa, PIXEL_BLOCK_BYTES)
+                patch = dist.mean(2).float().reshape(len(near), 1, h, w).to(scores.device)
                 scores[g : g + group] += F.interpolate(patch, size=size, mode="bilinear", align_corners=False)[:, 0]
             start += c * h * w
         return scores / len(pyramid)
