@@ -23,15 +23,16 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # installed before the page's own scripts: every console.error and error event (scripts, images) is recorded
 CATCH = """<script>window.__errors=[];const __e=console.error;console.error=(...a)=>{__errors.push(a.join(' '));__e(...a)};
 window.addEventListener('error',ev=>__errors.push(String(ev.message||(ev.target&&ev.target.tagName)||ev.type)),true);</script>"""
-# after them: sort the table holding COLUMN by it (twice), decode every image, write the findings into the page
-PROBE = """<script>(async()=>{const r={errors:null};
+# after them, once the page has loaded (synchronously, so --dump-dom never races it): sort the table holding COLUMN by it
+# (twice), count the images that decoded (complete, with a size), write the findings into the page
+PROBE = """<script>window.addEventListener('load',()=>{const r={errors:null};
 const th=[...document.querySelectorAll('table.sortable th')].find(h=>h.textContent.trim()==='COLUMN');
 const col=()=>{const i=[...th.parentNode.children].indexOf(th);return [...th.closest('table').tBodies[0].rows].map(x=>x.cells[i].textContent)};
 r.before=col();th.click();r.ascending=col();th.click();r.descending=col();
 const imgs=[...document.images];r.images=imgs.length;
-r.decoded=(await Promise.allSettled(imgs.map(i=>i.decode()))).filter(p=>p.status==='fulfilled').length;
+r.decoded=imgs.filter(i=>i.complete&&i.naturalWidth>0).length;
 r.sizes=imgs.map(i=>i.naturalWidth*i.naturalHeight);r.gallery=document.querySelectorAll('.case').length;
-r.errors=window.__errors;const pre=document.createElement('pre');pre.id='probe';pre.textContent=JSON.stringify(r);document.body.appendChild(pre);})();</script>"""
+r.errors=window.__errors;const pre=document.createElement('pre');pre.id='probe';pre.textContent=JSON.stringify(r);document.body.appendChild(pre);});</script>"""
 
 
 def browse(page: Path, column: str, tmp_path: Path) -> tuple[dict, list[str]]:
