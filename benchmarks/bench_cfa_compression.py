@@ -58,12 +58,12 @@ def measure(gamma: float, args: argparse.Namespace) -> dict:
     n_images, walls, cpus = len(out.labels), [], []
     for _ in range(args.repeats):
         if device.type == "cuda":
-        torch.cuda.synchronize(device)
+            torch.cuda.synchronize(device)
         wall, cpu = time.perf_counter(), time.process_time()
         for batch in batches:
             method.predict(batch["image"])
         if device.type == "cuda":
-        torch.cuda.synchronize(device)
+            torch.cuda.synchronize(device)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     vectors, dims = method.memory_bank_shape
