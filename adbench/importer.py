@@ -130,12 +130,13 @@ def import_scores(cfg: DictConfig) -> Path:
             continue
         width, height = Image.open(sample.image).size
         try:
-            amap = evaluated_map(read_map(path), (height, width), transform)
+            raw = read_map(path)
+            amap = evaluated_map(raw, (height, width), transform)
         except (OSError, ValueError) as exc:
             problems.append(f"{where}: map {name}: cannot be read ({exc})")
             continue
         if amap is None:
-            problems.append(f"{where}: map {name} is {read_map(path).shape[1]}x{read_map(path).shape[0]}; expected the image's "
+            problems.append(f"{where}: map {name} is {raw.shape[1]}x{raw.shape[0]}; expected the image's "
                             f"{width}x{height} or the evaluated {transform.crop}x{transform.crop}")
         else:
             maps.append(amap)
