@@ -29,8 +29,9 @@ from PIL import Image
 from .config import CONF_PACKAGE
 from .config.build import resolve_device
 from .config.searchpath import register_search_path
-from .config.setting import setting_data
-from .data.samples import data_base, read_image
+from .config.run_data import read_run_data
+from .data.samples import read_image
+from .data.splits import data_base
 from .errors import ConfigError
 from .metrics.per_image import read_per_image
 from .results.records import record_path
@@ -93,7 +94,7 @@ def run(method: str = "patchcore_1pct", dataset: str = "elpv", **overrides: Any)
     cfg = compose_config([f"method={method}", f"dataset={dataset}", *overrides_of(overrides)])
     record = run_config(cfg)
     table = read_per_image(record_path(Path(cfg.results_dir), record).parent / record["per_image"])
-    return RunResult(record, table, data_base(setting_data(cfg).split))
+    return RunResult(record, table, data_base(read_run_data(cfg).split))
 
 
 @dataclass

@@ -1,5 +1,10 @@
 """Errors adbench raises for bad input; each names the file or config key at fault."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class AdbenchError(Exception):
     """Base class of adbench's own errors."""
@@ -24,3 +29,13 @@ class WeightsUnavailableError(AdbenchError, RuntimeError):
 def unknown_choice(key: str, value: object, valid: list[str]) -> ConfigError:
     """Error for an unknown name, listing the valid ones."""
     return ConfigError(f"unknown {key} {value!r}; valid: {', '.join(sorted(valid))}")
+
+
+@contextmanager
+def reraise_as(error: type[AdbenchError], message: str, *caught: type[Exception]) -> Iterator[None]:
+    """An exception of the ``caught`` types (any when none is named) raised inside becomes ``error``:
+    ``message (the original message)``, chained to the original."""
+    try:
+        yield
+    except (caught or (Exception,)) as exc:
+        raise error(f"{message} ({exc})") from exc

@@ -25,9 +25,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.metrics import precision_recall_curve
 
-from .config.setting import load_dataset
+from .config.run_data import load_dataset
 from .data.dataset import ImageDataset
-from .data.samples import data_base
+from .data.splits import data_base
 from .data.transforms import Transform
 from .errors import AdbenchError
 from .metrics.per_image import read_per_image

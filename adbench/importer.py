@@ -25,16 +25,18 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from .cli import hydra_command
-from .config.setting import part_results, setting_data
+from .config.run_data import read_run_data
 from .data.dataset import ImageDataset
-from .data.samples import Sample, data_base, split_digest
+from .data.samples import Sample
+from .data.splits import data_base, split_digest
 from .data.transforms import Transform
 from .errors import DataError
 from .files import file_sha256
-from .methods.scoring import Scored
 from .metrics import assess_scored
+from .metrics.parts import split_by_part
 from .metrics.per_image import table_path, write_per_image
 from .results.records import config_hash, find_record, git_commit, library_versions, portable_path, record_config, write_run
+from .scores import Scored
 
 MAP_SUFFIXES = (".npy", ".png")
 
@@ -110,7 +112,7 @@ def import_scores(cfg: DictConfig) -> Path:
     """Check the CSV (and maps) against the dataset's test set, then write the record and its per-image table."""
     source = Path(cfg.scores)
     rows = read_rows(source)
-    data = setting_data(cfg)
+    data = read_run_data(cfg)
     split = data.split
     samples, base = split.test, data_base(split)
     order, problems = match_rows(rows, samples, base, source)
@@ -156,7 +158,7 @@ def import_scores(cfg: DictConfig) -> Path:
                     np.array([float(rows[r]["score"]) for r in order]), masks, np.stack(maps) if maps else None)
     pixel = split.has_masks and with_maps
     record = imported_record(cfg, config, digest, source, len(split.train), with_maps)
-    (part,) = part_results(data, scored, pixel)
+    (part,) = split_by_part(data.parts, scored, pixel)
     found = assess_scored(part.scored, samples, base, split.has_masks, with_maps, int(cfg.seed))
     record.update(part.fields, **found.fields)
     return write_run(results_dir, record, lambda tmp: write_per_image(tmp, found.table), table_path)

@@ -1,5 +1,6 @@
-"""``adbench-predict model=PATH images=FOLDER [out=predictions]`` / ``python -m adbench.predict``: score
-new images with a saved model (conf/predict.yaml; see adbench/serving/predict.py)."""
+"""Entry point only: the console script ``adbench-predict model=PATH images=FOLDER [out=predictions]`` and
+``python -m adbench.predict`` (conf/predict.yaml). Scoring new images with a saved model lives in
+:func:`adbench.serving.predict.predict_folder`; this module passes it the composed config."""
 
 from __future__ import annotations
 

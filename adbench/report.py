@@ -1,6 +1,9 @@
-"""``adbench-report [results_dir=results] [output=PATH]`` / ``python -m adbench.report``: the leaderboard
-(markdown, CSV, plots) from every run record (conf/report.yaml). The output folder is checked before any
-record is read; a malformed record or a missing or damaged per-image table is skipped and named."""
+"""Entry point only: the console script ``adbench-report [results_dir=results] [output=PATH]`` and
+``python -m adbench.report`` (conf/report.yaml). It checks the command line's values (the output folder
+before any record is read, format, gallery) and calls :func:`adbench.results.report.write_report`, which
+builds the leaderboard (markdown, CSV, plots) from every run record, skipping and naming a malformed record
+or a missing or damaged per-image table; ``format=html`` then renders it with :mod:`adbench.results.html`
+and the failure galleries of :mod:`adbench.gallery`."""
 
 from __future__ import annotations
 

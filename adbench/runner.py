@@ -1,4 +1,4 @@
-"""One run: config → data → backbone → method → scores → metrics → record (+ example PNG)."""
+"""One run: build → fit and score (:mod:`adbench.pipeline`) → metrics → record → write (+ example PNGs)."""
 
 from __future__ import annotations
 
@@ -17,23 +17,22 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config.build import build_backbone, build_method, resolve_device
+from .config.build import resolve_device
+from .config.run_data import RunData, read_run_data
 from .config.schema import validate
-from .config.setting import load_dataset, part_results, setting_data
 from .data.dataset import ImageDataset
-from .data.degrade import degrader_from_config, variant_name
-from .data.samples import Split, data_base, split_digest, verify_samples
-from .data.splits import holdout_split, labelled_split
+from .data.degrade import variant_name
+from .data.splits import data_base, split_digest
 from .data.transforms import Transform
-from .errors import ConfigError
 from .features.backbones import Backbone
-from .features.cache import CachedBackbone, stage_layers
-from .features.store import fit_memory
-from .methods import AnomalyDetector
+from .features.cache import CachedBackbone
 from .methods.cost import measure_cost
-from .methods.scoring import Scored, check_fitted_finite, score_batches
 from .metrics import assess_scored
+from .metrics.parts import PartScores, split_by_part
 from .metrics.per_image import table_path, write_per_image
+from .metrics.registry import HEADLINE
+from .metrics.suite import Assessment
+from .pipeline import Pipeline, fit_and_score
 from .results.figures import pick_examples, save_examples
 from .results.records import (
     config_hash,
@@ -44,6 +43,7 @@ from .results.records import (
     record_config,
     write_run,
 )
+from .scores import Scored
 from .serving.model_io import save_model
 from .serving.threshold import FEW_HELD_OUT, calibrate_threshold
 
@@ -51,17 +51,6 @@ from .serving.threshold import FEW_HELD_OUT, calibrate_threshold
 def feature_map_shapes(backbone: Backbone, size: int) -> list[list]:
     """[layer, C, h, w] of each extracted layer for ``size`` x ``size`` inputs, finest first (memory-bank formulas in the report)."""
     return [[layer, backbone.channels[layer], -(-size // backbone.strides[layer]), -(-size // backbone.strides[layer])] for layer in backbone.layers]
-
-
-def load_data(cfg: DictConfig) -> Split:
-    return load_dataset(cfg.dataset)
-
-
-def loader(dataset: ImageDataset, cfg: DictConfig, shuffle: bool = False) -> torch.utils.data.DataLoader:
-    workers, cuda = int(cfg.num_workers), resolve_device(cfg.device).type == "cuda"
-    # on CUDA: page-locked batches (asynchronous copies); workers kept across a method's epochs
-    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=workers,
-                                       pin_memory=cuda, persistent_workers=workers > 0)
 
 
 def peak_rss_bytes() -> int:
@@ -93,94 +82,87 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run(cfg: DictConfig) -> dict[str, Any]:
-    data = setting_data(cfg)  # the dataset(s) read and the setting's split of them (conf/setting/)
-    split = data.split
-    # the files read, by content (split_digest), name the data in the config hash, wherever it lives
+    data = read_run_data(cfg)  # the dataset(s) read and the setting's split of them (conf/setting/)
+    config, digest = _identity(cfg, data)
+    earlier = _earlier_record(cfg, digest)
+    if earlier is not None:
+        return earlier
+    pipeline, out = fit_and_score(cfg, data)
+    record = run_record(pipeline, out, config, digest)  # before the metrics: their time and memory are not the method's
+    parts, assessed = _assess(pipeline, out)
+    record.update(parts[0].fields, **assessed[0].fields)
+    if cfg.get("save_model"):
+        record["saved_model"] = _save_fitted(Path(cfg.save_model), pipeline, record)
+    return _write(pipeline, record, parts, assessed)
+
+
+def _identity(cfg: DictConfig, data: RunData) -> tuple[dict[str, Any], str]:
+    """The record's config and its hash: the files read, by content (``split_digest``), name the data wherever it lives."""
     config = record_config(OmegaConf.to_container(cfg, resolve=True), split_digest(data.source))
-    device = resolve_device(cfg.device)
-    config["device"] = device.type
-    save_path = Path(cfg.save_model) if cfg.get("save_model") else None
+    config["device"] = resolve_device(cfg.device).type
     # saving holds training images out for the threshold, a different fit: hash its settings too
-    digest = config_hash({**config, "saved_with_threshold": config.get("threshold")} if save_path else config)
-    results_dir = Path(cfg.results_dir)
-    existing = find_record(results_dir, digest)
-    if existing is not None and not cfg.force and not (save_path and not save_path.exists()):
-        record = json.loads(existing.read_text())
-        print(f"record exists for this config; not rerun (force=true reruns it):\n{_summary(record, existing)}")
-        return record
+    return config, config_hash({**config, "saved_with_threshold": config.get("threshold")} if cfg.get("save_model") else config)
 
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    degrader = degrader_from_config(cfg.dataset.get("degrade"), cfg.seed, cfg.dataset.resize)  # test images only
-    layers = list(cfg.method.layers)
-    if cfg.get("cache_dir"):  # every stage extracted once and cached: later runs with any layers read them from disk
-        every_stage, layers = stage_layers(cfg.backbone.name, layers)
-        backbone = cache = CachedBackbone(build_backbone(cfg.backbone, every_stage), cfg.cache_dir, layers)
-    else:
-        backbone, cache = build_backbone(cfg.backbone, layers), None
-    method = build_method(cfg.method, backbone, device, cfg.backbone)
-    transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
-    fit_samples, held_out = holdout_split(split.train, cfg.threshold.holdout, cfg.seed) if save_path else (split.train, [])
-    labelled, test_samples = [], split.test
-    if cfg.method.get("labelled_anomalies"):
-        if not method.learns_from_anomalies:
-            raise ConfigError(f"method.labelled_anomalies: method={cfg.method.name} trains on normal images only")
-        labelled, test_samples = labelled_split(split.test, int(cfg.method.labelled_anomalies), cfg.seed)
-    verify_samples([*split.train, *split.test], "training and test images")  # a bad file stops the run now, not after the fit
-    train, test = ImageDataset(fit_samples + labelled, transform), ImageDataset(test_samples, transform, degrader)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
-    start = time.perf_counter()
-    train_batches, test_batches = loader(train, cfg), loader(test, cfg)
-    if cache is not None:  # dataset images may be written to the feature cache
-        train_batches, test_batches = cache.track(train_batches), cache.track(test_batches)
-    with fit_memory(cfg.get("fit_memory")):  # training features beyond this many bytes go to a temporary file
-        method.fit(train_batches)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    fit_seconds = time.perf_counter() - start
-    check_fitted_finite(method)
-    fit_cache = dict(cache.counts) if cache is not None else {}
-    method.compute_maps = split.has_masks  # image-level data: methods may skip their pixel maps
-    out = score_batches(method, test_batches, "test images")
+def _earlier_record(cfg: DictConfig, digest: str) -> dict[str, Any] | None:
+    """The record of an earlier run of this config, unless ``force=true`` or the model to save is missing."""
+    existing = find_record(Path(cfg.results_dir), digest)
+    if existing is None or cfg.force or (cfg.get("save_model") and not Path(cfg.save_model).exists()):
+        return None
+    record = json.loads(existing.read_text())
+    print(f"record exists for this config; not rerun (force=true reruns it):\n{_summary(record, existing)}")
+    return record
 
-    pixel = split.has_masks and method.pixel_level and out.maps is not None
-    bank_shape = list(method.memory_bank_shape)
-    record = {
+
+def run_record(pipeline: Pipeline, out: Scored, config: dict[str, Any], digest: str) -> dict[str, Any]:
+    """The record's fields before the metrics: what ran, what it cost, and where and when."""
+    return {**_what_ran(pipeline), **_cost(pipeline, out), **_provenance(config, digest)}
+
+
+def _what_ran(p: Pipeline) -> dict[str, Any]:
+    cfg = p.cfg
+    return {
         "method": cfg.method.name,
-        "variant": variant_name(cfg.get("tag"), degrader),
-        "setting": data.describe(),
-        "deviations": list(method.deviations),  # deliberate differences from the paper / reference code
-        "degrade": degrader.label if degrader else None,
+        "variant": variant_name(cfg.get("tag"), p.degrader),
+        "setting": p.data.describe(),
+        "deviations": list(p.method.deviations),  # deliberate differences from the paper / reference code
+        "degrade": p.degrader.label if p.degrader else None,
         "backbone": cfg.backbone.name,
-        "weights": backbone.weights_source,
+        "weights": p.backbone.weights_source,
         "layers": list(cfg.method.layers),
-        "feature_maps": feature_map_shapes(backbone, cfg.dataset.crop),
+        "feature_maps": feature_map_shapes(p.backbone, cfg.dataset.crop),
         "image_size": cfg.dataset.crop,
         "resize": cfg.dataset.resize,
         "seed": cfg.seed,
-        "n_train": len(train),
+        "n_train": len(p.train),
         # moved out of the test set: a contaminated setting's (unlabelled) and a semi-supervised method's (labelled)
-        "train_anomalies": [s.image.relative_to(data_base(split)).as_posix() for s in data.contaminants + labelled],
-        "fit_seconds": fit_seconds,
-        "fit_info": method.fit_info,
-        "throughput": {
-            "model_images_per_s": out.model_images_per_s,
-            "end_to_end_images_per_s": out.end_to_end_images_per_s,
-        },
+        "train_anomalies": [s.image.relative_to(data_base(p.split)).as_posix() for s in p.data.contaminants + p.labelled],
+    }
+
+
+def _cost(p: Pipeline, out: Scored) -> dict[str, Any]:
+    bank_shape, cuda = list(p.method.memory_bank_shape), p.device.type == "cuda"
+    return {
+        "fit_seconds": p.fit_seconds,
+        "fit_info": p.method.fit_info,
+        "throughput": {"model_images_per_s": out.model_images_per_s, "end_to_end_images_per_s": out.end_to_end_images_per_s},
         "memory_bank": {
             "shape": bank_shape,
             "vectors": bank_shape[0] if len(bank_shape) == 2 else None,
             "dims": bank_shape[1] if len(bank_shape) == 2 else None,
-            "bytes": int(method.memory_bank_bytes),
+            "bytes": int(p.method.memory_bank_bytes),
         },
-        "cost": measure_cost(method, test, out.model_images_per_s, cfg.batch_size),
-        "feature_cache": _cache_summary(cache, fit_cache),
+        "cost": measure_cost(p.method, p.test, out.model_images_per_s, p.cfg.batch_size),
+        "feature_cache": _cache_summary(p.cache, p.fit_cache),
         "peak_rss_bytes": peak_rss_bytes(),
-        "peak_gpu_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
-        "device": device.type,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "peak_gpu_bytes": int(torch.cuda.max_memory_allocated(p.device)) if cuda else None,
+        "device": p.device.type,
+        "device_name": torch.cuda.get_device_name(p.device) if cuda else "cpu",
+    }
+
+
+def _provenance(config: dict[str, Any], digest: str) -> dict[str, Any]:
+    return {
         "versions": library_versions(),
         "git_commit": git_commit(),
         "config_hash": digest,
@@ -191,32 +173,40 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         "load_average": os.getloadavg(),  # 1/5/15-min load at the end of the run: timings on a busy machine are flagged
         "pid": os.getpid(),
     }
-    parts = part_results(data, out, pixel)  # dataset, category and test images per scored category (one unless multi-class)
-    # per part: metrics with reasons, per-defect, ci95 and the per-image table written beside the record (adbench/metrics/suite.py)
-    assessed = [assess_scored(p.scored, test_samples, data_base(split), d.has_masks, method.pixel_level, cfg.seed) for d, p in zip(data.parts, parts)]
-    record.update(parts[0].fields, **assessed[0].fields)
-    if save_path:
-        record["saved_model"] = _save_fitted(save_path, cfg, method, transform, loader(ImageDataset(held_out, transform), cfg), record)
-    written = []
+
+
+def _assess(p: Pipeline, out: Scored) -> tuple[list[PartScores], list[Assessment]]:
+    """Per scored category (one unless multi-class): its scores, and its metrics with reasons, per-defect
+    breakdown, ci95 and per-image table (adbench/metrics/suite.py)."""
+    parts = split_by_part(p.data.parts, out, p.split.has_masks and p.method.pixel_level and out.maps is not None)
+    base = data_base(p.split)
+    return parts, [assess_scored(s.scored, p.test.samples, base, d.has_masks, p.method.pixel_level, p.cfg.seed) for d, s in zip(p.data.parts, parts)]
+
+
+def _write(p: Pipeline, record: dict[str, Any], parts: list[PartScores], assessed: list[Assessment]) -> dict[str, Any]:
+    """Write one record and per-image table per part (and its example figure); the first part's record."""
+    results_dir, written = Path(p.cfg.results_dir), []
     for part, found in zip(parts, assessed):
         part_record = {**record, **part.fields, **found.fields}
         # the table and the record are written as one unit: never a table without its record
         path = write_run(results_dir, part_record, lambda tmp, table=found.table: write_per_image(tmp, table), table_path)
         written.append(part_record)
-        if cfg.figures:
-            _save_figure(results_dir, part_record, torch.utils.data.Subset(test, part.index.tolist()), transform, part.scored, int(cfg.figures), part.pixel)
+        if p.cfg.figures:
+            images = torch.utils.data.Subset(p.test, part.index.tolist())
+            _save_figure(results_dir, part_record, images, p.transform, part.scored, int(p.cfg.figures), part.pixel)
         print(_summary(part_record, path))
     return written[0]
 
 
-def _save_fitted(path: Path, cfg: DictConfig, method: AnomalyDetector, transform: Transform, held_out, record: dict) -> dict[str, Any]:
+def _save_fitted(path: Path, p: Pipeline, record: dict) -> dict[str, Any]:
     """Set the decision threshold on the held-out normal images, then save the fitted method."""
-    threshold = calibrate_threshold(method, held_out, float(cfg.threshold.quantile))
+    cfg = p.cfg
+    threshold = calibrate_threshold(p.method, p.loader(ImageDataset(p.held_out, p.transform)), float(cfg.threshold.quantile))
     if len(threshold["held_out"]) < FEW_HELD_OUT:
         print(f"warning: the threshold comes from {len(threshold['held_out'])} held-out image(s) (fewer than {FEW_HELD_OUT}): "
               "it may flag good images; raise threshold.holdout, or set threshold= at predict time", file=sys.stderr)
     info = {k: record[k] for k in ("dataset", "category", "seed", "n_train", "config_hash", "metrics")}
-    save_model(path, method, OmegaConf.to_container(cfg.method, resolve=True), OmegaConf.to_container(cfg.backbone, resolve=True), transform, threshold, info)
+    save_model(path, p.method, OmegaConf.to_container(cfg.method, resolve=True), OmegaConf.to_container(cfg.backbone, resolve=True), p.transform, threshold, info)
     print(f"model saved to {path} (threshold {threshold['image']:.4g}: {threshold['rule']})")
     return {"path": portable_path(path), "threshold": threshold}
 
@@ -263,7 +253,7 @@ def _summary(record: dict, path: Path) -> str:
     return (
         f"{record['method']} on {record['dataset']}/{record['category']} ({record['backbone']}, {record['image_size']} px, "
         f"{record.get('n_train')} train / {record.get('n_test')} test images):\n"
-        f"  I-AUROC {_fmt(record, 'image_auroc')}  P-AUROC {_fmt(record, 'pixel_auroc')}  AUPRO {_fmt(record, 'aupro')}  (95% CI)\n"
+        f"  {'  '.join(f'{m.label} {_fmt(record, m.name)}' for m in HEADLINE)}  (95% CI)\n"
         f"  fit {record['fit_seconds']:.1f} s  {record['throughput']['model_images_per_s']:.1f} img/s  "
         f"bank {record['memory_bank']['bytes'] / 2**20:.1f} MiB\n"
         f"record: {path}" + (f"\nfigure: {figure}" if figure.is_file() else "")

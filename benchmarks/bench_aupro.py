@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -14,6 +15,7 @@ from adbench.metrics import aupro, auroc
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     rng = np.random.default_rng(0)
     masks = np.zeros((100, 256, 256), bool)
     for i in range(50):

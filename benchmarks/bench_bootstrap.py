@@ -15,6 +15,7 @@ Also records how far the table's binned pixel metrics are from the exact ones, a
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -30,29 +31,14 @@ TARGET_S = 10.0
 
 def bottle_test_maps() -> dict:
     """PatchCore (default config) fitted on bottle: test labels, scores, maps, masks, paths, defect types."""
-    import torch
-    from hydra import compose, initialize_config_dir
+    from adbench.api import compose_config
+    from adbench.data.splits import data_base
+    from adbench.pipeline import fit_and_score
 
-    from adbench.config import conf_dir
-    from adbench.config.build import build_backbone, build_method
-    from adbench.data.dataset import ImageDataset
-    from adbench.data.samples import data_base
-    from adbench.data.transforms import Transform
-    from adbench.methods.scoring import score_batches
-    from adbench.runner import load_data, loader
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=["method=patchcore", "dataset=mvtec", "dataset.category=bottle", "device=cpu"])
-    torch.manual_seed(cfg.seed)
-    split = load_data(cfg)
-    backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, torch.device("cpu"), cfg.backbone)
-    transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
-    method.fit(loader(ImageDataset(split.train, transform), cfg))
-    out = score_batches(method, loader(ImageDataset(split.test, transform), cfg))
-    base = data_base(split)
+    pipeline, out = fit_and_score(compose_config(["method=patchcore", "dataset=mvtec", "dataset.category=bottle", "device=cpu"]))
+    base, test = data_base(pipeline.split), pipeline.test.samples
     return {"labels": out.labels.astype(bool), "scores": out.scores, "maps": out.maps, "masks": out.masks,
-            "paths": [s.image.relative_to(base).as_posix() for s in split.test], "defects": [s.defect for s in split.test]}
+            "paths": [s.image.relative_to(base).as_posix() for s in test], "defects": [s.defect for s in test]}
 
 
 def best_of(runs: int, fn) -> tuple[float, object]:
@@ -65,6 +51,7 @@ def best_of(runs: int, fn) -> tuple[float, object]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     d = bottle_test_maps()
     labels, scores, maps, masks = d["labels"], d["scores"], d["maps"], d["masks"]
     bootstrap = StratifiedBootstrap()

@@ -27,32 +27,15 @@ PAPER = {1.0: (98.45, 48), 0.5: (98.44, 93), 0.25: (98.44, 132), 0.125: (98.36, 
 
 
 def measure(gamma: float, args: argparse.Namespace) -> dict:
-    from hydra import compose, initialize_config_dir
-
-    from adbench.config import conf_dir
-    from adbench.data.dataset import ImageDataset
-    from adbench.metrics import evaluate
-    from adbench.config.build import build_backbone, build_method, resolve_device
+    from adbench.api import compose_config
     from adbench.methods.scoring import score_batches
-    from adbench.runner import load_data, loader
-    from adbench.data.transforms import Transform
+    from adbench.metrics import evaluate
+    from adbench.pipeline import build_pipeline
 
     overrides = ["experiment=cfa_compression", f"method.gamma_d={gamma}", f"dataset={args.dataset}", f"device={args.device}", *args.overrides]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    split = load_data(cfg)
-    backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, device, cfg.backbone)
-    transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
-    start = time.perf_counter()
-    method.fit(loader(ImageDataset(split.train, transform), cfg))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    fit_seconds = time.perf_counter() - start
-
-    batches = list(loader(ImageDataset(split.test, transform), cfg))  # decoded once: timing covers the model only
+    pipeline = build_pipeline(compose_config(overrides)).fit()
+    method, device = pipeline.method, pipeline.device
+    batches = list(pipeline.loader(pipeline.test))  # decoded once: timing covers the model only
     out = score_batches(method, batches)
     metrics = evaluate(out.labels, out.scores, out.masks, out.maps)
     n_images, walls, cpus = len(out.labels), [], []
@@ -82,7 +65,7 @@ def measure(gamma: float, args: argparse.Namespace) -> dict:
         "fitted_bytes": method.memory_bank_bytes,
         # the paper's ratio gamma_d * gamma_c / |X|: C against every training patch feature
         "fraction_of_all_patches": vectors * dims / (method.fit_info["train_images"] * n_patches * dims / gamma),
-        "fit_seconds": fit_seconds,
+        "fit_seconds": pipeline.fit_seconds,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "test_images": n_images,
     }

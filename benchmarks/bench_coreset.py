@@ -177,20 +177,13 @@ def patchcore_projection(name: str, overrides: list[str], device: str = "cpu") -
     path = CACHE / f"coreset_{name}.npy"
     if path.is_file():
         return np.load(path)
-    from hydra import compose, initialize_config_dir
-
-    from adbench.config import conf_dir
-    from adbench.config.build import build_backbone, build_method
-    from adbench.data.dataset import ImageDataset
-    from adbench.data.transforms import Transform
+    from adbench.api import compose_config
     from adbench.features.patches import flatten_patches
-    from adbench.runner import load_data
+    from adbench.pipeline import build_pipeline
 
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=["method=patchcore", f"device={device}", *overrides])
-    backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, torch.device(device), cfg.backbone)
-    train = ImageDataset(load_data(cfg).train, Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std))
+    cfg = compose_config(["method=patchcore", f"device={device}", *overrides])
+    pipeline = build_pipeline(cfg)
+    method, train = pipeline.method, pipeline.train
     chunks = []
     with torch.no_grad():
         for batch in torch.utils.data.DataLoader(train, batch_size=16):

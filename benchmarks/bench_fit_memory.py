@@ -43,29 +43,20 @@ def peak_rss() -> int:
 def child(name: str, images: int) -> dict:
     """One fit in this process; its memory figures."""
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from adbench.config import conf_dir
-    from adbench.config.build import build_backbone, build_method
-    from adbench.data.dataset import ImageDataset
-    from adbench.data.transforms import Transform
-    from adbench.features.store import fit_memory
-    from adbench.runner import load_data, loader
+    from adbench.api import compose_config
+    from adbench.pipeline import build_pipeline
 
     overrides = ["dataset=mvtec", "dataset.category=bottle", "device=cpu", *CONFIGS[name]]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
-    backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, torch.device("cpu"), cfg.backbone)
-    base = ImageDataset(load_data(cfg).train, Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std))
-    train = Augmented(base, images)
-    batches = loader(train, cfg)
+    pipeline = build_pipeline(compose_config(overrides))
+    cfg, method, backbone = pipeline.cfg, pipeline.method, pipeline.backbone
+    train = Augmented(pipeline.train, images)
+    batches = pipeline.loader(train)
     with torch.no_grad():
         backbone(next(iter(batches))["image"])  # warm-up: the backbone's working memory counts as "backbone"
     before = peak_rss()
     began = time.perf_counter()
-    with fit_memory(cfg.get("fit_memory")):
-        method.fit(batches)
+    method.fit(batches, cfg.get("fit_memory"))
     seconds = time.perf_counter() - began
     peak = peak_rss()
     info = method.fit_info

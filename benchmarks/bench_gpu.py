@@ -42,13 +42,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from adbench.config import conf_dir
-from adbench.config.build import build_backbone, build_method, resolve_device
-from adbench.data.dataset import ImageDataset
-from adbench.data.transforms import Transform
+from adbench.config.build import resolve_device
 from adbench.features.coreset import greedy_coreset
 from adbench.features.nn_search import NearestNeighbours, faiss_gpu_available
 from adbench.methods.scoring import score_batches
-from adbench.runner import load_data, loader
+from adbench.methods.base import synchronize
+from adbench.pipeline import build_pipeline, loader
 
 GPU_SET = ["patchcore", "padim", "spade", "cfa"]
 WORKERS = min(8, os.cpu_count() or 1)
@@ -66,13 +65,8 @@ def gib(n: int | None) -> str:
     return "–" if n is None else f"{n / 2**30:.2f}"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _sync_and_reset(device: torch.device) -> None:
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -83,17 +77,9 @@ def _peak(device: torch.device) -> int | None:
 
 def measure(cfg, device: torch.device) -> dict:
     """Fit, warm up, then score the test set from memory (model) and through the loader (end to end)."""
-    split = load_data(cfg)
-    backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, device, cfg.backbone)
-    transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
-    train, test = ImageDataset(split.train, transform), ImageDataset(split.test, transform)
-
-    _sync_and_reset(device)
-    start = time.perf_counter()
-    method.fit(loader(train, cfg))
-    _sync(device)
-    fit_s = time.perf_counter() - start
+    pipeline = build_pipeline(cfg)  # the run's data, backbone, method and transform
+    method, test = pipeline.method, pipeline.test
+    fit_s = pipeline.fit().fit_seconds  # timed and synchronised; the peak GPU memory counted from its start
     peak_fit = _peak(device)
 
     test_batches = list(loader(test, cfg))  # decoded once: the model's rate without the data loading
@@ -160,10 +146,10 @@ def coreset_section(device: torch.device, results: dict) -> None:
     for ratio in (0.1, 0.01):
         n_select = int(len(points) * ratio)
         greedy_coreset(on_device[:1000], 10)  # warm-up
-        _sync(device)
+        synchronize(device)
         began = time.perf_counter()
         picks = greedy_coreset(on_device, n_select, progress=False)
-        _sync(device)
+        synchronize(device)
         rows[f"ratio_{ratio}"] = {"points": list(points.shape), "selected": n_select, "seconds": time.perf_counter() - began}
         if ratio == 0.01:
             began = time.perf_counter()
@@ -178,10 +164,10 @@ def best_time(fn, device: torch.device, repeats: int = 3) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
 

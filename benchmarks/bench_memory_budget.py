@@ -57,26 +57,15 @@ def test_images(count: int, transform) -> torch.Tensor:
 
 def fit_full_bank(path: Path) -> dict:
     """Fit PatchCore (coreset 100 %) on bottle as a run would, and save it to ``path``."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from adbench.config import conf_dir
-    from adbench.config.build import build_backbone, build_method
-    from adbench.data.dataset import ImageDataset
-    from adbench.data.transforms import Transform
-    from adbench.runner import load_data, loader
+    from adbench.api import compose_config
+    from adbench.pipeline import build_pipeline
     from adbench.serving.model_io import save_model
 
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=["method=patchcore", "dataset=mvtec", "method.coreset_ratio=1.0", "device=cpu"])
-    split = load_data(cfg)
-    backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, torch.device("cpu"), cfg.backbone)
-    transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
-    start = time.perf_counter()
-    method.fit(loader(ImageDataset(split.train, transform), cfg))
-    fit_seconds = time.perf_counter() - start
-    fit = {"fit_seconds": fit_seconds, "bank_shape": list(method.memory_bank_shape), "bank_bytes": method.memory_bank_bytes, "train_images": len(split.train)}
+    pipeline = build_pipeline(compose_config(["method=patchcore", "dataset=mvtec", "method.coreset_ratio=1.0", "device=cpu"])).fit()
+    cfg, method, transform = pipeline.cfg, pipeline.method, pipeline.transform
+    fit = {"fit_seconds": pipeline.fit_seconds, "bank_shape": list(method.memory_bank_shape), "bank_bytes": method.memory_bank_bytes, "train_images": len(pipeline.train)}
     save_model(path, method, OmegaConf.to_container(cfg.method, resolve=True), OmegaConf.to_container(cfg.backbone, resolve=True), transform, info=fit)
     return fit
 

@@ -86,12 +86,14 @@ def table(rows: dict[str, dict]) -> str:
 
 
 def padim_memory(dim: int, n_train: int, size: int, device: str) -> dict:
-    """Fit and score PaDiM (WRN50-2 layers 1-3, random weights) and report its memory and time."""
-    from adbench.features.backbones import Backbone
-    from adbench.methods import method_class
+    """Fit and score PaDiM (WRN50-2 layers 1-3, random weights; built from the run's config, fed random images) and
+    report its memory and time."""
+    from adbench.api import compose_config
+    from adbench.config.build import build_backbone, build_method
 
-    layers = ["layer1", "layer2", "layer3"]
-    model = method_class("padim")(Backbone("wide_resnet50_2", layers, pretrained=False), layers, dim=dim, device=device)
+    cfg = compose_config(["method=padim", "backbone=wide_resnet50_2", "backbone.pretrained=false", f"method.dim={dim}", f"device={device}"])
+    layers = list(cfg.method.layers)
+    model = build_method(cfg.method, build_backbone(cfg.backbone, layers), torch.device(device), cfg.backbone)
     generator = torch.Generator().manual_seed(0)
     batches = [{"image": torch.randn(16, 3, size, size, generator=generator)} for _ in range(max(1, n_train // 16))]
     test = torch.randn(16, 3, size, size, generator=generator)

@@ -21,18 +21,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from _common import save
-from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adbench.config import conf_dir
-from adbench.config.build import build_backbone, build_method
-from adbench.data.dataset import ImageDataset
-from adbench.data.transforms import Transform
+from adbench.api import compose_config
 from adbench.features import coreset
-from adbench.runner import load_data, loader
+from adbench.pipeline import build_pipeline
 
 
 def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -75,19 +70,15 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (default: method=patchcore dataset=elpv)")
     args = parser.parse_args()
     overrides = ["method=patchcore", "dataset=elpv", "device=cpu", *args.overrides]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
-    split = load_data(cfg)
-    backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
-    train = list(loader(ImageDataset(split.train, transform), cfg))  # decoded once for both paths
-    test = list(loader(ImageDataset(split.test, transform), cfg))
-    runs, load = {}, {}
+    cfg = compose_config(overrides)
+    runs, load, batches = {}, {}, []
     for name, reduce in (("wide", False), ("reduced", True)):
         cfg.method.reduce_rank = reduce
-        torch.manual_seed(cfg.seed)
+        pipeline = build_pipeline(cfg)  # seeded as a run is
+        if not batches:  # decoded once for both paths
+            batches = [list(pipeline.loader(pipeline.train)), list(pipeline.loader(pipeline.test))]
         load[name] = os.getloadavg()[0]
-        runs[name] = run(build_method(cfg.method, backbone, torch.device("cpu"), cfg.backbone), train, test)
+        runs[name] = run(pipeline.method, *batches)
         print(f"{name}: fit {runs[name]['fit_s']:.1f} s, scoring {len(runs[name]['scores']) / runs[name]['score_s']:.2f} img/s, "
               f"bank {runs[name]['bank_shape']}", flush=True)
     wide, reduced = runs["wide"], runs["reduced"]
@@ -96,7 +87,7 @@ def main() -> None:
     n_test = len(wide["scores"])
     result = {
         "overrides": overrides,
-        "n_train": len(split.train), "n_test": n_test,
+        "n_train": len(pipeline.train), "n_test": n_test,
         "wide": {"bank_shape": wide["bank_shape"], "bank_mib": wide["bank_bytes"] / 2**20, "fit_s": wide["fit_s"],
                  "scoring_images_per_s": n_test / wide["score_s"], "load_1min": load["wide"]},
         "reduced": {"bank_shape": reduced["bank_shape"], "bank_mib": reduced["bank_bytes"] / 2**20, "fit_s": reduced["fit_s"],

@@ -9,8 +9,8 @@ are kept. A metric the record leaves undefined keeps a null interval.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from adbench.files import atomic_write_text
@@ -33,7 +33,9 @@ def refresh(record_path: Path) -> bool:
 
 
 def main() -> None:
-    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "results/records")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", nargs="?", type=Path, default=Path("results/records"), help="the records folder")
+    folder = parser.parse_args().folder
     done = [p.name for p in sorted(folder.glob("*.json")) if refresh(p)]
     print(f"refreshed ci95 of {len(done)} records in {folder}")
 

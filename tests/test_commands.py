@@ -48,7 +48,7 @@ def test_help_lists_methods_datasets_categories_and_presets(tmp_path) -> None:
     ("+dataset.colour=red", "unknown key(s) dataset.colour"),
     ("dataset.colour=red", "unknown key dataset.colour"),
     ("method.colour=red", "unknown key method.colour"),
-    ("method=nosuch", "unknown method 'nosuch'; valid: cfa"),
+    ("method=nosuch", "unknown method 'nosuch'; valid: anomalib, cfa"),
     ("dataset=mvtec dataset.category=nope", "unknown dataset.category 'nope'; valid: bottle"),
     ("dataset.crop=300", "dataset.crop=300: must be <= dataset.resize=256"),
     ("dataset.degrade=noise", "dataset.degrade='noise': expected 'kind:severity'"),

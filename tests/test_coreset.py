@@ -20,7 +20,7 @@ from adbench.features.coreset import (
     project,
     projection_matrix,
 )
-from adbench.features.store import FeatureStore, fit_memory
+from adbench.features.store import FeatureStore
 
 
 def clustered(n_clusters: int = 6, per_cluster: int = 700, dims: int = 40, seed: int = 0) -> np.ndarray:
@@ -180,13 +180,34 @@ def test_feature_store_round_trip(budget, monkeypatch):
 
 def test_coreset_of_a_spilled_store_equals_the_tensor_one():
     features = torch.from_numpy(clustered(dims=200))
-    with fit_memory(1):  # every store made inside goes to a temporary file
-        store = FeatureStore()
-        for part in features.split(500):
-            store.append(part)
+    store = FeatureStore(budget_bytes=1)  # every row goes to a temporary file
+    for part in features.split(500):
+        store.append(part)
     assert store.spilled
     assert torch.equal(coreset_indices(store, 0.05, 128, seed=2), coreset_indices(features, 0.05, 128, seed=2))
     assert torch.equal(coreset_indices(store, 0.05, 128, seed=2), greedy_coreset_reference(project(features, 128, seed=2), int(len(features) * 0.05), seed=2))
+
+
+@pytest.mark.parametrize("name, layers, params", [
+    ("patchcore", ["blocks.2", "blocks.4"], {"coreset_ratio": 0.1}),
+    ("spade", ["blocks.1", "blocks.2", "blocks.4", "blocks.6"], {}),
+    ("reconpatch", ["blocks.2", "blocks.4"], {"epochs": 0}),
+])
+def test_the_fit_memory_budget_reaches_the_methods_store(name, layers, params, monkeypatch):
+    """``fit(batches, memory_budget)``: the budget given to ``fit`` is the store's; spilled features score the same."""
+    from adbench.features.backbones import Backbone
+    from adbench.methods import method_class
+
+    budgets = []
+    original = FeatureStore.__init__
+    monkeypatch.setattr(FeatureStore, "__init__", lambda self, budget_bytes=None: (budgets.append(budget_bytes), original(self, budget_bytes))[1])
+    backbone = Backbone("tf_efficientnet_lite0", layers, pretrained=False)
+    images = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    train = [{"image": images[:4]}]
+    held = method_class(name)(backbone, layers, **params).fit(train)
+    spilled = method_class(name)(backbone, layers, **params).fit(train, memory_budget=1)
+    assert budgets == [None, 1]
+    np.testing.assert_allclose(spilled.predict(images[4:]).image_scores, held.predict(images[4:]).image_scores, rtol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

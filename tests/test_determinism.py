@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_overrides
+from conftest import make_config, run_overrides
+from sklearn.metrics import roc_auc_score
 from test_model_io import fit_tiny, shared_fit, tiny_config
 
-from adbench import runner
+from adbench import pipeline
+from adbench.data.splits import data_base
 from adbench.features.nn_search import NearestNeighbours
 from adbench.methods import available_methods
+from adbench.metrics.per_image import read_per_image
 
 RUN = ["dataset=synthetic", "dataset.seed=0", "dataset.size=64", "dataset.resize=64", "dataset.crop=64", "dataset.n_train=6",
        "dataset.n_test=2", "device=cpu", "method.coreset_ratio=0.25"]  # fmt: skip
@@ -25,13 +28,13 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 def test_runs_with_one_seed_score_identically(synthetic_root, tmp_path, monkeypatch) -> None:
     outputs = []
-    score = runner.score_batches
+    score = pipeline.score_batches
 
     def keep(*args, **kwargs):
         outputs.append(score(*args, **kwargs))
         return outputs[-1]
 
-    monkeypatch.setattr(runner, "score_batches", keep)
+    monkeypatch.setattr(pipeline, "score_batches", keep)
     overrides = [*RUN, f"dataset.root={synthetic_root}"]
     first = run_overrides([*overrides, "seed=7"], tmp_path / "a")
     second = run_overrides([*overrides, "seed=7"], tmp_path / "b")
@@ -42,6 +45,21 @@ def test_runs_with_one_seed_score_identically(synthetic_root, tmp_path, monkeypa
     np.testing.assert_array_equal(outputs[0].maps, outputs[1].maps)
     assert first["metrics"] == second["metrics"]
     assert not np.array_equal(outputs[0].scores, outputs[2].scores)  # the seed does reach the method
+
+
+def test_the_pipeline_step_scores_what_the_run_records(tmp_path) -> None:
+    """``fit_and_score(cfg)``, the step the benchmarks call, gives the run's own scores: the per-image table's,
+    image for image, and the record's image AUROC is scikit-learn's on them."""
+    overrides = [o for o in RUN if not o.startswith("dataset.n_test")] + ["dataset.n_test=8", f"dataset.root={tmp_path / 'data'}", "seed=7"]
+    record = run_overrides(overrides, tmp_path / "results")
+    step, scored = pipeline.fit_and_score(make_config(overrides))
+    table = read_per_image(next((tmp_path / "results" / "records").glob("*.per_image.parquet")))
+    base = data_base(step.split)
+    assert table["path"].tolist() == [Path(p).relative_to(base).as_posix() for p in scored.paths]
+    np.testing.assert_array_equal(table["score"].to_numpy(), scored.scores)
+    assert 0 < scored.labels.sum() < len(scored.labels)
+    assert record["metrics"]["image_auroc"] == pytest.approx(roc_auc_score(scored.labels, scored.scores))
+    assert record["n_train"] == len(step.train) and step.fit_seconds > 0
 
 
 @pytest.mark.parametrize("name", available_methods())

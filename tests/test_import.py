@@ -18,10 +18,10 @@ from PIL import Image
 import adbench
 from adbench.importer import import_scores
 from adbench.metrics.per_image import read_per_image
+from adbench.metrics.registry import METRICS
 from adbench.results import load
 
 REPO = Path(__file__).resolve().parent.parent
-METRICS = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"]
 
 
 def import_config(overrides: list[str]):

@@ -20,12 +20,12 @@ from conftest import make_config, run_overrides
 from PIL import Image
 
 from adbench.cli import check_overrides, sweep_args
-from adbench.data.samples import split_digest
+from adbench.data.splits import split_digest
 from adbench.data.sources import load_folder, make_synthetic
 from adbench.errors import OutputError, WeightsUnavailableError
 from adbench.features.backbones import _load_state_dict
 from adbench.files import FileFacts
-from adbench.results.migrate import migrate, names_and_sizes_digest
+from adbench.migrate import migrate, names_and_sizes_digest
 from adbench.results.records import RECORDS_DIR, config_hash, find_record, record_problem, scan_records
 from adbench.results.report import write_report
 
@@ -197,9 +197,11 @@ def test_an_error_inside_a_sweep_is_one_line_exit_2_and_the_other_records_stay(t
 
 
 def test_ctrl_c_exits_130_without_a_traceback_or_partial_files(tmp_path) -> None:
-    args = ["dataset=synthetic", f"dataset.root={tmp_path / 'data'}", "dataset.n_train=60", "dataset.n_test=30", "device=cpu", "results_dir=res"]
+    args = ["dataset=synthetic", f"dataset.root={tmp_path / 'data'}", "dataset.n_train=150", "dataset.n_test=30", "device=cpu", "results_dir=res"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.Popen([sys.executable, "-m", "adbench", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT at its default in the child: a parent that ignores it (a test runner, nohup) would pass SIG_IGN on
+    run = subprocess.Popen([sys.executable, "-m", "adbench", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = b""
     while b"features" not in seen:  # the fit's progress bar: the run is under way
         chunk = run.stderr.read1(4096)

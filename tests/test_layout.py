@@ -9,14 +9,15 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "adbench"
 # config → data → features → method → scores → metrics → record → report; a part may import its own rank or lower
 RANK = {
-    "adbench": 0, "errors": 0, "files": 0,
+    "adbench": 0, "errors": 0, "files": 0, "scores": 0,
     "data": 1, "features": 1,
     "methods": 2,
     "metrics": 3, "config": 3,
-    "results": 4,
-    "serving": 5,
-    "runner": 6,
-    "cli": 7, "__main__": 7, "report": 7, "predict": 7, "api": 7, "importer": 7, "gallery": 7,
+    "pipeline": 4,
+    "results": 5,
+    "serving": 6,
+    "runner": 7,
+    "cli": 8, "__main__": 8, "report": 8, "predict": 8, "api": 8, "importer": 8, "gallery": 8, "migrate": 8,
     "plugins": 0,
 }
 
@@ -84,3 +85,16 @@ def test_methods_never_reach_the_runner_or_the_dataset_config() -> None:
     for name, targets in graph().items():
         if part(name) == "methods":
             assert not {part(t) for t in targets} & {"runner", "cli", "config", "data", "results"}, name
+
+
+def test_scores_never_climb_back_to_the_config() -> None:
+    """Scores flow down: config reads data and builds objects but never handles scores (the per-category split
+    of a scoring pass is :mod:`adbench.metrics.parts`), metrics take the ``Scored`` container from
+    :mod:`adbench.scores`, not from the methods, and results never reach back to config or the pipeline."""
+    for name, targets in graph().items():
+        if part(name) == "config":
+            assert not {t for t in targets if t == "adbench.scores" or t.startswith(("adbench.methods.scoring", "adbench.metrics"))}, name
+        if part(name) == "metrics":
+            assert not {part(t) for t in targets} & {"methods", "config"}, name
+        if part(name) == "results":
+            assert not {part(t) for t in targets} & {"config", "pipeline", "runner"}, name

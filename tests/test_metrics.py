@@ -9,10 +9,14 @@ from sklearn.metrics import (
     average_precision_score,
     precision_recall_curve,
     roc_auc_score,
+    roc_curve,
 )
 
 from adbench.metrics import aupro, auroc, average_precision, evaluate, f1_max
 from adbench.metrics.aupro import region_weights
+from adbench.metrics.per_image import per_image_table
+from adbench.metrics.registry import PIXEL_METRICS
+from adbench.metrics.weighted import WeightedMetrics
 from adbench.metrics.suite import per_defect, undefined_reasons
 
 
@@ -93,6 +97,38 @@ def test_auroc_ap_and_f1_match_sklearn(seed: int) -> None:
     assert f1_max(scores, labels) == pytest.approx(f1.max(), abs=1e-12)
 
 
+def reference_tnr_at_95_tpr(scores: np.ndarray, labels: np.ndarray) -> float:
+    """1 - FPR at the first ROC point (thresholds falling) with TPR >= 95%, every threshold kept."""
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return float(1 - fpr[np.argmax(tpr >= 0.95)])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("levels", [None, 8])
+def test_tnr_at_95_tpr_matches_sklearn_roc_curve(seed: int, levels: int | None) -> None:
+    """Exact (one threshold per distinct score, ties included) and under bootstrap weights (images repeated)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.random(int(rng.integers(40, 300))) < 0.4
+    scores = rng.normal(size=labels.size) + 1.5 * labels
+    scores = np.round(scores * levels) / levels if levels else scores
+    assert evaluate(labels, scores)["image_tnr_at_95_tpr"] == pytest.approx(reference_tnr_at_95_tpr(scores, labels), abs=1e-12)
+    counts = rng.integers(0, 3, labels.size)
+    counts[[np.flatnonzero(labels)[0], np.flatnonzero(~labels)[0]]] = 1  # both classes drawn
+    table = per_image_table([f"{i}.png" for i in range(labels.size)], labels, ["x"] * labels.size, scores)
+    resampled = WeightedMetrics(table)(counts[None], ("image_tnr_at_95_tpr",))["image_tnr_at_95_tpr"][0]
+    assert resampled == pytest.approx(reference_tnr_at_95_tpr(np.repeat(scores, counts), np.repeat(labels, counts)), abs=1e-12)
+
+
+def test_tnr_at_95_tpr_hand_cases() -> None:
+    normal = [0.1, 0.2, 0.3, 0.4]
+    one_low = np.r_[normal, [0.9] * 19, 0.25]  # 19 of 20 anomalous images above every normal one: 95% reached there
+    two_low = np.r_[normal, [0.9] * 18, 0.25, 0.25]  # 90% above: the threshold must fall to 0.25, passing 2 of 4 normal
+    labels = np.r_[np.zeros(4), np.ones(20)]
+    assert evaluate(labels, one_low)["image_tnr_at_95_tpr"] == 1.0
+    assert evaluate(labels, two_low)["image_tnr_at_95_tpr"] == 0.5
+    assert evaluate(np.ones(3), np.arange(3.0))["image_tnr_at_95_tpr"] is None
+
+
 def test_pixel_metrics_match_sklearn() -> None:
     maps, masks = random_case(3, n=6, size=32, levels=20)
     result = evaluate(np.array([1, 1, 1, 1, 1, 0]), np.arange(6.0), masks, maps)
@@ -124,7 +160,7 @@ def test_reasons_name_the_missing_pixels() -> None:
     masks, maps = np.zeros((4, 8, 8), bool), np.random.default_rng(0).random((4, 8, 8))
     result = evaluate(labels, np.array([0.1, 0.2, 0.3, 0.4]), masks, maps)
     reasons = undefined_reasons(result, labels, masks, None)
-    assert result["image_auroc"] == 1.0 and set(reasons) == {"pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"}
+    assert result["image_auroc"] == 1.0 and set(reasons) == set(PIXEL_METRICS)
     assert reasons["aupro"] == "the test masks have no defect pixel"
 
 

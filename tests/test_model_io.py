@@ -21,12 +21,11 @@ from safetensors.torch import save_file
 
 from adbench.config import conf_dir
 from adbench.config.build import build_backbone, build_method
-from adbench.data.dataset import ImageDataset
 from adbench.data.transforms import Transform
 from adbench.errors import ConfigError
 from adbench.files import content_digest
 from adbench.methods import AnomalyDetector, available_methods
-from adbench.runner import load_data, loader
+from adbench.pipeline import build_pipeline
 from adbench.serving.model_io import (
     BACKBONE_PREFIX,
     ModelFileError,
@@ -37,11 +36,13 @@ from adbench.serving.model_io import (
 
 # a tiny synthetic set and settings that keep every method to seconds on a CPU
 TINY_DATA = ["dataset=synthetic", "dataset.size=64", "dataset.resize=64", "dataset.crop=64", "dataset.n_train=6", "dataset.n_test=2", "device=cpu"]
-TINY_METHOD = {"epochs": 1, "coreset_ratio": 0.25, "top_k": 3}  # applied to the methods that have the key
+TINY_METHOD = {"epochs": 1, "coreset_ratio": 0.25, "top_k": 3, "model": "Patchcore"}  # applied to the methods that have the key
 
 
 def _tiny_keys(name: str) -> dict:
     """The ``TINY_METHOD`` settings that method ``name`` has."""
+    if name == "anomalib":
+        pytest.importorskip("anomalib", reason='method=anomalib needs the compare extra: pip install -e ".[compare]"')
     if not (Path(str(conf_dir())) / "method" / f"{name}.yaml").is_file():
         pytest.skip(f"method {name} has no conf/method/{name}.yaml yet, so no config to fit it with")
     defaults = make_config([f"method={name}"]).method
@@ -67,16 +68,10 @@ class Fitted:
 
 
 def fit_tiny(cfg: DictConfig) -> Fitted:
-    """Fit ``cfg`` the way ``runner.run`` does (same seeding and builders) and load its test images."""
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    split = load_data(cfg)
-    backbone = build_backbone(cfg.backbone, list(cfg.method.layers))
-    method = build_method(cfg.method, backbone, torch.device("cpu"), cfg.backbone)
-    transform = Transform(cfg.dataset.resize, cfg.dataset.crop, backbone.mean, backbone.std)
-    method.fit(loader(ImageDataset(split.train, transform), cfg))
-    test = next(iter(torch.utils.data.DataLoader(ImageDataset(split.test, transform), batch_size=len(split.test))))
-    return Fitted(cfg, method, transform, test["image"], np.asarray(test["label"]))
+    """Fit ``cfg`` with the run's own pipeline step (same seeding and builders) and load its test images."""
+    pipeline = build_pipeline(cfg).fit()
+    test = next(iter(torch.utils.data.DataLoader(pipeline.test, batch_size=len(pipeline.test))))
+    return Fitted(cfg, pipeline.method, pipeline.transform, test["image"], np.asarray(test["label"]))
 
 
 @functools.cache

@@ -21,7 +21,8 @@ from adbench.errors import DataError
 from adbench.metrics import assess, read_per_image, table_metrics, table_per_defect
 from adbench.metrics.per_image import TOLERANCES, per_image_table
 from adbench.metrics.suite import NO_MAPS
-from adbench.metrics.weighted import PIXEL_METRICS, WeightedMetrics
+from adbench.metrics.registry import IMAGE_METRICS, PIXEL_METRICS
+from adbench.metrics.weighted import WeightedMetrics
 
 TOLERANCE = 1.2e-3  # binned pixel metrics vs exact: the largest gap measured, pixel AP on these small maps (per_image.TOLERANCE: real tables)
 
@@ -49,7 +50,7 @@ def test_table_recomputes_the_record_metrics(seed: int) -> None:
     labels, scores, maps, masks, paths, defects = realistic_case(seed)
     found = assess(labels, scores, paths, defects, masks, maps)
     exact, again = found.fields["metrics"], table_metrics(found.table)
-    for metric in ("image_auroc", "image_ap", "image_f1_max"):
+    for metric in IMAGE_METRICS:
         assert again[metric] == pytest.approx(exact[metric], abs=1e-12), metric
     for metric in PIXEL_METRICS:
         assert again[metric] == pytest.approx(exact[metric], abs=TOLERANCE), metric

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 import adbench.results
-from adbench.data.samples import split_digest
+from adbench.data.splits import split_digest
 from adbench.data.sources import load_folder, make_synthetic
 from adbench.results.naming import run_name
 from adbench.results.records import config_hash, portable_path

@@ -17,19 +17,21 @@ from sklearn.metrics import roc_auc_score
 from adbench.config import conf_dir
 from adbench.config.build import build_method
 from adbench.config.schema import validate
-from adbench.config.setting import part_datasets
+from adbench.config.run_data import part_datasets
 from adbench.data.dataset import ImageDataset
-from adbench.data.samples import Sample, Split
-from adbench.data.settings import contaminate, few_shot, union
+from adbench.data.samples import Sample
+from adbench.data.setting_splits import contaminate, few_shot, union
 from adbench.data.sources import load_folder, make_synthetic
+from adbench.data.splits import Split
 from adbench.data.transforms import Transform
 from adbench.errors import ConfigError
 from adbench.features.backbones import Backbone
 from adbench.features.nn_search import NearestNeighbours
 from adbench.methods import method_class
 from adbench.methods.cost import measure_cost
+from adbench.metrics.registry import HEADLINE
 from adbench.results.records import RECORDS_DIR, config_hash
-from adbench.results.settings_report import (
+from adbench.results.setting_sections import (
     contamination_section,
     learning_curve_section,
     multi_class_section,
@@ -252,10 +254,10 @@ def test_cost_counts_backbone_search_and_smoothing_flops(backend) -> None:
     cost = measure_cost(model, test, images_per_s=12.5, batch_size=4, count=3)
     bank, dims = model.bank.shape
     patches = (64 // 8) ** 2  # one patch per position of the stride-8 map
-    k = 2 * int(4 * 4.0 + 0.5) + 1  # Gaussian kernel of sigma 4: its 2D convolution over the 64x64 map, and its outer product
+    side = 64 // 8  # upsampling and blur as one matrix per axis (features/maps.py): (64 x 8) @ (8 x 8), then @ (8 x 64)
     expected_backbone = conv_flops(backbone, test[0]["image"][None])
     assert cost["flops_per_image_backbone"] == expected_backbone
-    assert cost["flops_per_image"] == expected_backbone + 2 * patches * bank * dims + 2 * 64 * 64 * k * k + 2 * k * k
+    assert cost["flops_per_image"] == expected_backbone + 2 * patches * bank * dims + 2 * 64 * side * side + 2 * 64 * side * 64
     assert cost["params_fitted"] == bank * dims and cost["params_total"] == cost["params_backbone"] + bank * dims
     assert cost["latency_images"] == 3 and 0 < cost["latency_ms_p50"] <= cost["latency_ms_p95"]
     assert (cost["images_per_s"], cost["batch_size"], cost["memory_bank_bytes"]) == (12.5, 4, model.memory_bank_bytes)
@@ -300,7 +302,8 @@ def test_multi_class_section_sets_each_category_beside_its_one_class_run() -> No
             fake("patchcore", {"name": "full"}, 0.95, category="bottle"),
             fake("patchcore", {"name": "full"}, 0.80, category="cable", image_size=256)]  # another size: no twin
     text = "\n".join(multi_class_section(runs))
-    assert "| mvtec/bottle | 209 | 95.0 / 90.0 (-5.0) | 90.0 / 85.0 (-5.0) |" in text
+    cells = {"image_auroc": "95.0 / 90.0 (-5.0)", "pixel_auroc": "90.0 / 85.0 (-5.0)"}  # one-class / multi-class; other metrics absent
+    assert "| mvtec/bottle | 209 | " + " | ".join(cells.get(m.name, "n/a / n/a") for m in HEADLINE) + " |" in text
     assert "| mvtec/cable | – | – / 70.0 |" in text and "No one-class run of this configuration at 224 px for: mvtec/cable" in text
     assert "| multi-class (2 categories) | 300 | 1.0 | 1.00 | n/a | n/a |" in text and "| one-class mvtec/bottle | 209 |" in text
 

@@ -17,6 +17,7 @@ from adbench.metrics import confidence_intervals, table_metrics
 from adbench.metrics.delong import paired_test
 from adbench.metrics.intervals import bca, binormal_variance, pooled_intervals
 from adbench.metrics.per_image import per_image_table
+from adbench.metrics.registry import METRICS
 from adbench.results.report import rank_section
 from adbench.results.stats import rank_test, tie_test
 
@@ -144,7 +145,7 @@ def test_every_seed_enters_the_paired_test() -> None:
 
 def board(values: np.ndarray) -> pd.DataFrame:
     rows = [{"name": f"m{j}", "backbone": "b", "dataset": "d", "category": f"c{i}", "image_size": 224, "setting": "full", "degrade": None,
-             "image_auroc": values[i, j], "pixel_auroc": np.nan, "aupro": np.nan} for i in range(values.shape[0]) for j in range(values.shape[1])]
+             **dict.fromkeys(METRICS, np.nan), "image_auroc": values[i, j]} for i in range(values.shape[0]) for j in range(values.shape[1])]
     return pd.DataFrame(rows)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reraise_as
 from ..features.backbones import Backbone
 from ..methods import AnomalyDetector, method_class
 from ..methods.params import check_params
@@ -100,10 +100,8 @@ def _build_member(spec: Any, index: int, member_key: str, run_backbone: Backbone
     else:
         backbone_cfg = OmegaConf.create(dict(backbone))
     root = OmegaConf.create({"backbone": backbone_cfg, "seed": seed, "method": OmegaConf.merge(defaults, overrides)})
-    try:
+    with reraise_as(ConfigError, f"{key}: cannot resolve its config"):
         OmegaConf.resolve(root)
-    except Exception as exc:
-        raise ConfigError(f"{key}: cannot resolve its config ({exc})") from exc
     params = method_params(root.method)
     check_method_keys(name, params, key)
     shared = run_cfg is not None and _network(root.backbone) == _network(run_cfg) and set(root.method.layers) <= set(run_backbone.layers)

@@ -11,8 +11,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..data.degrade import parse_degrade
-from ..data.settings import SETTINGS
-from ..data.sources import SOURCES, categories
+from ..data.setting_splits import SETTINGS
+from ..data.sources import COMMON_DATASET_KEYS, SOURCES, categories
 from ..errors import ConfigError, unknown_choice
 from ..files import ensure_writable
 from ..methods.params import in_interval
@@ -31,12 +31,11 @@ RUN_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "threshold.holdout": ((int, float), "(0, 1)"),
     "threshold.quantile": ((int, float), "(0, 1]"),
 }
-# dataset keys every source has, and the extra keys of each source
-DATASET_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
+# the image-size keys every dataset has: (type, range); the other keys of a source are checked against SOURCES
+DATASET_SIZE_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "resize": (int, "[1, inf)"),
     "crop": (int, "[1, inf)"),
 }
-COMMON_DATASET_KEYS = {"name", "label", "root", "category", "resize", "crop", "degrade"}
 
 
 def _check(key: str, value: Any, kind: type | tuple[type, ...], rule: Any) -> None:
@@ -62,6 +61,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"{', '.join(missing)}: required, no value given{hint}")
     for key, (kind, rule) in RUN_KEYS.items():
         _check(key, _get(cfg, key), kind, rule)
+    if cfg.get("fit_memory") is not None:  # bytes of training features held in RAM (null: half the available memory)
+        _check("fit_memory", cfg.fit_memory, int, "[1, inf)")
     device = str(cfg.device)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
         raise ConfigError(f"device={device!r}: must be auto, cpu, cuda or cuda:N")
@@ -96,7 +97,7 @@ def _validate_dataset(d: DictConfig, multi_class: bool = False) -> None:
     unknown = sorted(set(d.keys()) - allowed)
     if unknown:
         raise ConfigError(f"dataset={d.get('label', name)}: unknown key(s) {', '.join('dataset.' + k for k in unknown)}; valid: {', '.join(sorted(allowed))}")
-    for key, (kind, rule) in DATASET_KEYS.items():
+    for key, (kind, rule) in DATASET_SIZE_KEYS.items():
         _check(f"dataset.{key}", d[key], kind, rule)
     for key, (kind, rule) in SOURCES[name].items():
         if key in d:

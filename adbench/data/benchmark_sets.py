@@ -19,7 +19,8 @@ import csv
 from pathlib import Path
 
 from ..errors import DataError, unknown_choice
-from .samples import Sample, Split, find_mask, images_in, mvtec_layout, resolve_root
+from .samples import Sample, find_mask, images_in, resolve_root
+from .splits import Split, mvtec_layout
 
 BTAD_PRODUCTS = ["01", "02", "03"]
 BTAD_URL = "http://avires.dimi.uniud.it/papers/btad/btad.zip"

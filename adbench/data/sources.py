@@ -23,7 +23,8 @@ from .benchmark_sets import (
     load_mpdd,
     load_visa,
 )
-from .samples import Sample, Split, check_split, mvtec_layout, resolve_root
+from .samples import Sample, resolve_root
+from .splits import Split, check_split, mvtec_layout
 
 MVTEC_TEXTURES = ["carpet", "grid", "leather", "tile", "wood"]
 MVTEC_OBJECTS = ["bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper"]
@@ -172,7 +173,9 @@ def categories(name: str) -> list[str] | None:
             "mpdd": MPDD_CATEGORIES}.get(name)
 
 
-# the keys each source takes beyond name, label, root, category, resize, crop, degrade: (type, range)
+# the keys of every ``dataset`` config node, whatever its source (none is an option of a source's loader)
+COMMON_DATASET_KEYS = frozenset({"name", "label", "root", "category", "resize", "crop", "degrade"})
+# the keys each source takes beyond COMMON_DATASET_KEYS: (type, range)
 SOURCES: dict[str, dict[str, tuple]] = {
     "mvtec": {"download": (bool, None)},
     "folder": {},

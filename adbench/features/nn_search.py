@@ -129,49 +129,6 @@ class NearestNeighbours:
                           for q, i in zip(queries.split(rows), idx.split(rows))])
 
 
-CANDIDATES = 7  # batched_search: extra neighbours found approximately and re-ranked by their exact distances
-
-
-def batched_search(queries: torch.Tensor, banks: torch.Tensor, k: int = 1, max_block_bytes: int = 256 * 2**20) -> tuple[torch.Tensor, torch.Tensor]:
-    """k-NN of every row of ``queries[g]`` (G, n, d) in its own bank ``banks[g]`` (G, m, d), all groups at once.
-
-    One batched matmul (``baddbmm``) per block of at most ``max_block_bytes`` of float32 distances,
-    a running top-(k + ``CANDIDATES``) across bank blocks, whose distances are recomputed exactly as ||q - b||; the k nearest, sorted:
-    (distances, indices), each (G, n, k). No per-group Python loop and no host synchronisation, so
-    on CUDA the whole search is a few kernel launches per block (SPADE's per-image galleries).
-    """
-    groups, n, dims = queries.shape
-    m = banks.shape[1]
-    want = min(k, m)
-    k = min(m, want + CANDIDATES)  # float32 ||b||^2 - 2 q.b can misorder near-ties: the exact distances of a few more decide
-    centre = banks.mean(1, keepdim=True)  # distances do not move; ||b||^2 - 2 q.b loses fewer digits around the bank's mean
-    queries, banks = queries - centre, banks - centre
-    bank_sq = banks.square().sum(2)[:, None, :]  # (G, 1, m)
-    cols = max(k, min(m, max_block_bytes // (4 * groups * max(n, 1))))
-    rows = max(1, min(n, max_block_bytes // (4 * groups * cols)))
-    buffer = torch.empty(groups * rows * cols, device=queries.device, dtype=queries.dtype)  # reused by every block
-    out_d, out_i = [], []
-    for r0 in range(0, n, rows):
-        q = queries[:, r0 : r0 + rows]
-        best_d = best_i = None
-        for c0 in range(0, m, cols):
-            c1 = min(m, c0 + cols)
-            part = buffer[: groups * q.shape[1] * (c1 - c0)].view(groups, q.shape[1], c1 - c0)
-            torch.baddbmm(bank_sq[:, :, c0:c1], q, banks[:, c0:c1].transpose(1, 2), alpha=-2.0, out=part)  # ||b||^2 - 2 q.b
-            d, i = part.topk(min(k, c1 - c0), dim=2, largest=False)
-            i += c0
-            if best_d is not None:
-                d, order = torch.cat([best_d, d], 2).topk(k, dim=2, largest=False)
-                i = torch.cat([best_i, i], 2).gather(2, order)
-            best_d, best_i = d, i
-        near = banks.gather(1, best_i.reshape(groups, -1, 1).expand(-1, -1, dims)).reshape(groups, -1, k, dims)
-        out_d.append(torch.linalg.vector_norm(q[:, :, None, :] - near, dim=3))
-        out_i.append(best_i)
-    dist, idx = torch.cat(out_d, 1), torch.cat(out_i, 1)
-    dist, order = dist.sort(dim=2)
-    return dist[..., :want], idx.gather(2, order)[..., :want]
-
-
 def _sorted(dist: torch.Tensor, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Neighbours re-ordered by their exact distances (near-ties may swap after the recomputation)."""
     dist, order = dist.sort(dim=1)

@@ -6,14 +6,12 @@ blocks stay in memory. Past it, every block is written to an unlinked temporary 
 and freed; the rows are then read back with plain reads, block by block (``chunks``) or as the rows
 asked for (``take``), never by mapping the whole file, so the resident memory stays bounded.
 
-The budget is ``fit_memory(bytes)``, a context the runner opens from the config key ``fit_memory``;
-without one, half the memory available when the store is created.
+The budget is the store's ``budget_bytes``, which a method takes from ``fit(batches, memory_budget)`` (the
+config key ``fit_memory``); None: half the memory available when the store is created.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,23 +19,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-
 BLOCK_BYTES = 64 * 2**20
 GAP_ROWS = 256  # take(): wanted rows closer than this are read in one piece
-_BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar("fit_memory", default=None)
-
-
-@contextlib.contextmanager
-def fit_memory(budget_bytes: int | None) -> Iterator[None]:
-    """Within the block, stores created without a budget hold at most ``budget_bytes`` in memory (None: the default)."""
-    if budget_bytes is not None and (isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes < 1):
-        raise ConfigError(f"fit_memory={budget_bytes!r}: must be a number of bytes >= 1, or null")
-    token = _BUDGET.set(budget_bytes)
-    try:
-        yield
-    finally:
-        _BUDGET.reset(token)
 
 
 def available_memory() -> int:
@@ -56,8 +39,7 @@ class FeatureStore:
     """Rows (float32, ``dim`` columns) appended in order and read back in blocks or by index."""
 
     def __init__(self, budget_bytes: int | None = None):
-        budget = budget_bytes if budget_bytes is not None else _BUDGET.get()
-        self.budget_bytes = budget if budget is not None else available_memory() // 2
+        self.budget_bytes = budget_bytes if budget_bytes is not None else available_memory() // 2
         self.dim: int | None = None
         self.rows = 0
         self._blocks: list[torch.Tensor] = []  # full blocks in memory (none once spilled)

@@ -19,6 +19,17 @@ class NotFittedError(AdbenchError, RuntimeError):
     """``predict`` (or saving) before ``fit``."""
 
 
+def nbytes(*tensors: torch.Tensor | None) -> int:
+    """Bytes the tensors hold (None counts 0): how methods count their memory bank."""
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA kernels run asynchronously), e.g. before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @dataclass
 class Prediction:
     """``image_scores`` (B,); ``maps`` (B, H, W) at input resolution, None for image-level methods."""
@@ -59,6 +70,7 @@ class AnomalyDetector(ABC):
         self.backbone.to(self.device)
         self.fit_info: dict[str, Any] = {}
         self.is_fitted = False
+        self.memory_budget: int | None = None  # set by ``fit``
         # False: predict may skip its anomaly maps (the runner sets it for data without masks)
         self.compute_maps = True
 
@@ -72,8 +84,11 @@ class AnomalyDetector(ABC):
         for batch in tqdm(batches, desc=f"{self.name}: {desc}", leave=False):
             yield batch["image"]
 
-    def fit(self, batches: Iterable[dict]) -> AnomalyDetector:
-        """Learn the model of normality from normal training images."""
+    def fit(self, batches: Iterable[dict], memory_budget: int | None = None) -> AnomalyDetector:
+        """Learn the model of normality from normal training images. ``memory_budget``: bytes of training
+        features a method that gathers them (a ``FeatureStore``: PatchCore, SPADE, ReConPatch) holds in RAM
+        before it moves them to a temporary file (the run's ``fit_memory``; None: half the available memory)."""
+        self.memory_budget = memory_budget
         self._fit(batches)
         self.is_fitted = True
         return self

@@ -54,7 +54,7 @@ from ..features.maps import upsample_scores
 from ..features.nn_search import NearestNeighbours
 from ..features.patches import flatten_patches, patch_features
 from . import register
-from .base import AnomalyDetector, Prediction
+from .base import AnomalyDetector, Prediction, nbytes
 from .training import TrainingLoop, holdout
 
 ADAPTATIONS = ["none", "att", "att_rep"]  # Table 5: no adaptation / L_att only / L_att + L_rep
@@ -389,4 +389,4 @@ class CFA(AnomalyDetector):
     @property
     def memory_bank_bytes(self) -> int:
         """Bank C, descriptors phi with r, and the score standardisation: all scoring needs."""
-        return 0 if self.bank is None else sum(t.numel() * t.element_size() for t in self.fitted_state().values())
+        return 0 if self.bank is None else nbytes(*self.fitted_state().values())

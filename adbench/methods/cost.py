@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..features.cache import CachedBackbone
 from ..features.nn_search import NearestNeighbours, squared_distances
-from .base import AnomalyDetector
+from .base import AnomalyDetector, synchronize
 
 
 def detectors(method: AnomalyDetector) -> list[AnomalyDetector]:
@@ -90,11 +90,6 @@ def count_flops(fn, *args) -> int:
     return int(counter.get_total_flops())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def latencies_ms(method: AnomalyDetector, images: Sequence[torch.Tensor], warmup: int = 2) -> list[float]:
     """Milliseconds of ``predict`` per single image, after ``warmup`` calls on the first one."""
     times = []
@@ -102,10 +97,10 @@ def latencies_ms(method: AnomalyDetector, images: Sequence[torch.Tensor], warmup
         for _ in range(warmup):
             method.predict(images[0])
         for image in images:
-            _sync(method.device)
+            synchronize(method.device)
             start = time.perf_counter()
             method.predict(image)
-            _sync(method.device)
+            synchronize(method.device)
             times.append(1000 * (time.perf_counter() - start))
     return times
 

@@ -31,7 +31,7 @@ import torch
 from ..errors import ConfigError, unknown_choice
 from ..features.backbones import Backbone
 from . import register
-from .base import AnomalyDetector, Prediction
+from .base import AnomalyDetector, Prediction, nbytes
 
 MAD_SCALE = 1.4826  # beta: MAD -> standard deviation of a normal distribution
 CALIBRATIONS = ["train", "holdout"]
@@ -95,7 +95,7 @@ class Ensemble(AnomalyDetector):
             fit_images = calib_images = images
         rows, info = [], []
         for name, member in zip(self.member_names, self.members):
-            member.fit(_rebatch(fit_images, batch_size))
+            member.fit(_rebatch(fit_images, batch_size), self.memory_budget)
             predictions = [member.predict(chunk) for chunk in calib_images.split(batch_size)]
             image_stats = robust_stats(np.concatenate([p.image_scores for p in predictions]))
             map_stats = robust_stats(np.concatenate([p.maps for p in predictions])) if self.pixel_level else (0.0, 1.0)
@@ -141,5 +141,4 @@ class Ensemble(AnomalyDetector):
     @property
     def memory_bank_bytes(self) -> int:
         """Every member's fitted state plus the normalisation statistics."""
-        stats = 0 if self.stats is None else self.stats.numel() * self.stats.element_size()
-        return stats + sum(int(m.memory_bank_bytes) for m in self.members)
+        return nbytes(self.stats) + sum(int(m.memory_bank_bytes) for m in self.members)

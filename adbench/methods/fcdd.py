@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, DataError
 from ..features.backbones import Backbone
 from . import register
-from .base import AnomalyDetector, Prediction
+from .base import AnomalyDetector, Prediction, nbytes
 from .training import TrainingLoop, holdout
 
 IMAGE_SCORES = ("mean", "max")
@@ -405,4 +405,4 @@ class FCDD(AnomalyDetector):
     @property
     def memory_bank_bytes(self) -> int:
         """Bytes of the trained 1x1 head (parameters): all FCDD fits; the backbone is shared and frozen."""
-        return sum(t.numel() * t.element_size() for t in self.head.state_dict().values())
+        return nbytes(*self.head.state_dict().values())

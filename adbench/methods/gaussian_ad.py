@@ -16,7 +16,7 @@ from sklearn.covariance import LedoitWolf
 
 from ..errors import DataError
 from . import register
-from .base import AnomalyDetector, Prediction
+from .base import AnomalyDetector, Prediction, nbytes
 
 
 @register("gaussian_ad")
@@ -73,6 +73,4 @@ class GaussianAD(AnomalyDetector):
 
     @property
     def memory_bank_bytes(self) -> int:
-        if self.mean is None:
-            return 0
-        return sum(t.numel() * t.element_size() for t in (self.mean, self.precision))
+        return nbytes(self.mean, self.precision)

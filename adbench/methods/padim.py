@@ -39,7 +39,7 @@ from ..errors import ConfigError, DataError
 from ..features.maps import upsample_scores
 from ..features.patches import patch_features, random_channel_subset
 from . import register
-from .base import AnomalyDetector, Prediction
+from .base import AnomalyDetector, Prediction, nbytes
 
 
 def inverse_lower(factors: torch.Tensor) -> torch.Tensor:
@@ -160,6 +160,4 @@ class PaDiM(AnomalyDetector):
 
     @property
     def memory_bank_bytes(self) -> int:
-        if self.inverse_factor is None:
-            return 0
-        return sum(t.numel() * t.element_size() for t in (self.mean, self.inverse_factor, self.channel_index))
+        return 0 if self.inverse_factor is None else nbytes(self.mean, self.inverse_factor, self.channel_index)

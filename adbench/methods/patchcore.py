@@ -37,7 +37,7 @@ from ..features.nn_search import NearestNeighbours
 from ..features.patches import LowRank, channel_matrix, flatten_patches, patch_features, stacked_patch_maps
 from ..features.store import FeatureStore
 from . import register
-from .base import AnomalyDetector, Prediction
+from .base import AnomalyDetector, Prediction, nbytes
 
 
 @register("patchcore")
@@ -95,7 +95,7 @@ class PatchCore(AnomalyDetector):
 
     def _fit(self, batches: Iterable[dict]) -> None:
         recycle_freed_memory()
-        features = FeatureStore()  # held once, in RAM or a temporary file (fit_memory budget)
+        features = FeatureStore(self.memory_budget)  # held once, in RAM or a temporary file past the budget
         for x in self.images(batches, "features"):
             for piece in self._pieces(x):
                 features.append(flatten_patches(self.embed(piece)))
@@ -153,4 +153,4 @@ class PatchCore(AnomalyDetector):
 
     @property
     def memory_bank_bytes(self) -> int:
-        return 0 if self.bank is None else self.bank.numel() * self.bank.element_size()
+        return nbytes(self.bank)

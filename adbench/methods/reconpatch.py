@@ -23,7 +23,7 @@ N_k(i) holds i itself (its own nearest neighbour), as in the contextual similari
 2022) that the paper adopts. The optimiser is torch's AdamW rather than the paper's AdamP: the ``adamp``
 package has had no release since 2020, and AdamW with the same lr and weight decay is in torch.
 
-Values the paper's text does not give (its implementation details, seed 004 Sec. 3.1, list patch size 3, WRN50 layers 2 + 3,
+Values the paper's text does not give (its implementation details list patch size 3, WRN50 layers 2 + 3,
 f: 512-d, 1 % coreset, 120 epochs, AdamP + cosine, lr 1e-5, weight decay 1e-2), and where they come from:
 the relaxed contrastive loss and both similarities are STML's (Kim et al., CVPR 2022; tjddus9597/STML-CVPR22
 @c39ff1e), whose defaults give sigma = 1 (code/main.py:98), margin delta = 1 (:95), k = 5 neighbours
@@ -57,7 +57,7 @@ from ..features.nn_search import NearestNeighbours, squared_distances
 from ..features.patches import flatten_patches, patch_features
 from ..features.store import FeatureStore
 from . import register
-from .base import AnomalyDetector, Prediction
+from .base import AnomalyDetector, Prediction, nbytes
 from .training import TrainingLoop, holdout
 
 
@@ -191,7 +191,7 @@ class ReConPatch(AnomalyDetector):
 
     def _fit(self, batches: Iterable[dict]) -> None:
         start = time.perf_counter()
-        features = FeatureStore()  # image-major rows, held once (in RAM or a temporary file: fit_memory budget)
+        features = FeatureStore(self.memory_budget)  # image-major rows, held once (in RAM or a temporary file past the budget)
         for x in self.images(batches, "features"):
             p = self.patches(x)
             per_image = p.shape[2] * p.shape[3]
@@ -275,5 +275,4 @@ class ReConPatch(AnomalyDetector):
     @property
     def memory_bank_bytes(self) -> int:
         """The coreset plus f's weights (scoring needs both)."""
-        layer = sum(t.numel() * t.element_size() for t in self.feature_layer.parameters())
-        return layer + (0 if self.bank is None else self.bank.numel() * self.bank.element_size())
+        return nbytes(*self.feature_layer.parameters(), self.bank)

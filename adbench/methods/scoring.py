@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -13,7 +12,8 @@ from tqdm.auto import tqdm
 
 from ..errors import AdbenchError
 from ..features.memory import recycle_freed_memory
-from .base import AnomalyDetector, Prediction
+from ..scores import Scored
+from .base import AnomalyDetector, Prediction, synchronize
 
 
 class NonFiniteError(AdbenchError, ValueError):
@@ -45,32 +45,6 @@ def check_finite_prediction(method: AnomalyDetector, prediction: Prediction, pat
         raise NonFiniteError(f"method {method.name} produced NaN or inf scores for {len(names)} image(s), e.g. {names[:3]}")
 
 
-@dataclass
-class Scored:
-    """What a pass over a set of images gives: per image path, label, score (and map, mask when kept)."""
-
-    paths: list[str] = field(default_factory=list)
-    labels: np.ndarray | None = None
-    scores: np.ndarray | None = None
-    masks: np.ndarray | None = None
-    maps: np.ndarray | None = None
-    model_seconds: float = 0.0
-    total_seconds: float = 0.0
-
-    @property
-    def model_images_per_s(self) -> float:
-        return len(self.paths) / max(self.model_seconds, 1e-12)
-
-    @property
-    def end_to_end_images_per_s(self) -> float:
-        return len(self.paths) / max(self.total_seconds, 1e-12)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def score_batches(
     method: AnomalyDetector,
     batches: Iterable[dict],
@@ -89,10 +63,10 @@ def score_batches(
     start = time.perf_counter()
     with torch.no_grad():
         for batch in tqdm(batches, desc=f"{method.name}: {desc}", total=total, leave=False, unit="batch"):
-            _sync(method.device)
+            synchronize(method.device)
             t0 = time.perf_counter()
             prediction = method.predict(batch["image"])
-            _sync(method.device)
+            synchronize(method.device)
             out.model_seconds += time.perf_counter() - t0
             paths = list(batch["path"])
             check_finite_prediction(method, prediction, paths)

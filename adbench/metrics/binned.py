@@ -52,6 +52,15 @@ def f1_max(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     return np.where(ok, f1, np.nan)
 
 
+def tnr_at_tpr(pos: np.ndarray, neg: np.ndarray, tpr: float = 0.95) -> np.ndarray:
+    """True-negative rate at the highest threshold whose true-positive rate is at least ``tpr`` (TNR@95%TPR: the share
+    of normal images passed when 95% of the anomalous ones are caught); a bin is one threshold, as for the others."""
+    p, n, ok = _both_classes(pos, neg)
+    reached = above(pos) / np.where(ok, p, 1)[..., None] >= tpr  # true at the lowest threshold; falls as it rises
+    tnr = 1 - above(neg) / np.where(ok, n, 1)[..., None]  # rises with the threshold
+    return np.where(ok, np.where(reached, tnr, -np.inf).max(-1), np.nan)
+
+
 def normalised_area(fpr: np.ndarray, pro: np.ndarray, limit: float) -> np.ndarray:
     """Trapezoid area under ``pro(fpr)`` from 0 to ``limit`` (interpolated at ``limit``), divided by ``limit``.
 

@@ -4,7 +4,7 @@ Normal and anomalous images are resampled separately (each class keeps its size,
 both and AUROC stays defined); pixel metrics resample whole images, each bringing all its pixels and
 defect regions. One resample is one row of image counts (a multinomial draw per class); all metrics
 of all resamples are evaluated at once from the per-image table (:class:`.weighted.WeightedMetrics`).
-The records' intervals are built from these resamples in :mod:`.intervals` (BCa); paired differences
+The records' intervals are built from these resamples in :mod:`.intervals` (expanded BCa); paired differences
 (:mod:`.compare`) use their percentiles.
 """
 

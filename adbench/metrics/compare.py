@@ -18,7 +18,8 @@ from ..errors import DataError
 from .bootstrap import RESAMPLES, StratifiedBootstrap
 from .delong import paired_test
 from .per_image import has_pixels
-from .weighted import METRICS, PIXEL_METRICS, WeightedMetrics, as_value, table_metrics
+from .registry import METRICS, PIXEL_METRICS
+from .weighted import WeightedMetrics, as_value, table_metrics
 
 
 def aligned(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -11,22 +11,21 @@ import numpy as np
 import pandas as pd
 
 from ..data.samples import Sample
-from ..methods.scoring import Scored
-from . import binned
-from .aupro import aupro
+from ..scores import Scored
 from . import intervals as ci
+from .aupro import aupro
 from .classification import auroc, distinct_counts
 from .per_image import per_image_table, table_path, write_per_image
-from .weighted import IMAGE_METRICS, METRICS, PIXEL_METRICS, as_value
+from .registry import IMAGE_METRICS, METRICS, PIXEL_METRICS, from_counts
+from .weighted import as_value
 
 NO_MASKS = "the dataset has no pixel masks"
 NO_MAPS = "the method gives no anomaly maps"
 
 
-def _ranking_metrics(prefix: str, scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
-    pos, neg = distinct_counts(scores, labels)  # one sort for all three
-    return {f"{prefix}_auroc": as_value(binned.auroc(pos, neg)), f"{prefix}_ap": as_value(binned.average_precision(pos, neg)),
-            f"{prefix}_f1_max": as_value(binned.f1_max(pos, neg))}
+def _exact(level: str, scores: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """The registry's metrics of ``level`` computed from counts, one bin per distinct score (one sort for all)."""
+    return {m: as_value(v) for m, v in from_counts(level, *distinct_counts(scores, labels)).items()}
 
 
 def evaluate(
@@ -36,13 +35,11 @@ def evaluate(
     maps: np.ndarray | None = None,
     pro_limit: float = 0.3,
 ) -> dict[str, float | None]:
-    """Exact image AUROC / AP / F1-max; pixel AUROC / AP / F1-max and AUPRO when both masks and maps exist; None where undefined."""
-    result = _ranking_metrics("image", scores, labels)
+    """Every metric of the registry, exact: image metrics; pixel metrics and AUPRO when both masks and maps exist; None where undefined."""
+    result = _exact("image", scores, labels)
     if masks is not None and maps is not None:
-        result.update(_ranking_metrics("pixel", maps, masks), aupro=aupro(maps, masks, pro_limit))
-    else:
-        result.update(dict.fromkeys(PIXEL_METRICS))
-    return result
+        result.update(_exact("pixel", maps, masks), aupro=aupro(maps, masks, pro_limit))
+    return {m: result.get(m) for m in METRICS}
 
 
 def undefined_reasons(metrics: dict[str, float | None], labels: np.ndarray, masks: np.ndarray | None, pixel_absent: str | None) -> dict[str, str]:

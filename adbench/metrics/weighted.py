@@ -13,10 +13,8 @@ import pandas as pd
 
 from . import binned
 from .per_image import has_pixels
+from .registry import IMAGE_METRICS, METRICS, PIXEL_METRICS, from_counts
 
-IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
-PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
-METRICS = IMAGE_METRICS + PIXEL_METRICS
 CHUNK_CELLS = 2**19  # rows x bins evaluated at once: bounds the temporaries (~4 MB each)
 
 
@@ -58,25 +56,15 @@ class WeightedMetrics:
             sorted_w, sorted_labels = w[:, self.order], self.labels[self.order]
             pos = np.add.reduceat(sorted_w * sorted_labels, self.starts, axis=1)
             neg = np.add.reduceat(sorted_w * ~sorted_labels, self.starts, axis=1)
-            out.update(self._ranking("image", pos, neg, metrics))
+            out.update(from_counts("image", pos, neg, metrics))
         if any(m in PIXEL_METRICS for m in metrics):
             if not self.pixel:
                 return {**out, **{m: np.full(len(w), np.nan) for m in metrics if m in PIXEL_METRICS}}
             neg = w @ self.normal
-            out.update(self._ranking("pixel", w @ self.defect, neg, metrics))
+            out.update(from_counts("pixel", w @ self.defect, neg, metrics))
             if "aupro" in metrics:
                 out["aupro"] = binned.aupro(neg, w @ self.coverage, w @ self.n_regions, self.pro_limit)
         return {m: out[m] for m in metrics}
-
-    @staticmethod
-    def _ranking(prefix: str, pos: np.ndarray, neg: np.ndarray, metrics: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """The requested AUROC / AP / F1-max (pixel metrics: each grid bin one threshold, see :mod:`.per_image`)."""
-        formulas = {
-            f"{prefix}_auroc": lambda: binned.auroc(pos, neg),
-            f"{prefix}_ap": lambda: binned.average_precision(pos, neg),
-            f"{prefix}_f1_max": lambda: binned.f1_max(pos, neg),
-        }
-        return {m: f() for m, f in formulas.items() if m in metrics}
 
 
 def as_value(x: float) -> float | None:

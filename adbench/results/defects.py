@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
 import pandas as pd
+
+from .formatting import pct
 
 
 def defect_frame(records: list[dict[str, Any]], names: list[str]) -> pd.DataFrame:
@@ -21,10 +22,6 @@ def defect_frame(records: list[dict[str, Any]], names: list[str]) -> pd.DataFram
     return pd.DataFrame(rows, columns=["name", "category", "seed", "defect", "n", "image_auroc", "aupro"])
 
 
-def _pct(value: float) -> str:
-    return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
-
-
 def defect_tables(records: list[dict[str, Any]], names: list[str]) -> dict[str, pd.DataFrame]:
     """Category → configurations x defect types, cells "I-AUROC / AUPRO" (%, seed means)."""
     frame = defect_frame(records, names)
@@ -35,7 +32,7 @@ def defect_tables(records: list[dict[str, Any]], names: list[str]) -> dict[str, 
         counts = means.n.groupby(level="defect").first()
         cells: dict[str, dict[str, str]] = defaultdict(dict)
         for (name, defect), row in means.iterrows():
-            cells[name][f"{defect} (n={counts[defect]})"] = f"{_pct(row.image_auroc)} / {_pct(row.aupro)}"
+            cells[name][f"{defect} (n={counts[defect]})"] = f"{pct(row.image_auroc)} / {pct(row.aupro)}"
         table = pd.DataFrame.from_dict(cells, orient="index").sort_index()
         table = table[sorted(table.columns)].fillna("–")
         tables[str(category)] = table.rename_axis("method").reset_index()

@@ -1,4 +1,4 @@
-"""Robustness tables for the leaderboard: how much I-AUROC / P-AUROC drop on degraded test images.
+"""Robustness tables for the leaderboard: how much the headline metrics (I-AUROC, P-AUROC, ...) drop on degraded test images.
 
 A degraded run (record field ``degrade``, e.g. ``gaussian_noise:3``) is paired with its clean twin:
 the record whose config is identical once ``dataset.degrade`` is removed (same method settings,
@@ -13,9 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from ..metrics.registry import HEADLINE, LABELS
+from .formatting import mean, pct
 from .records import config_hash
 
-METRICS = [("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO")]
+RANKED = "image_auroc"  # the methods are ranked by its mean drop, and its worst drop is shown
 
 
 def clean_twin_hash(record: dict[str, Any]) -> str:
@@ -37,17 +39,8 @@ def drop(clean: dict[str, Any], degraded: dict[str, Any], metric: str) -> float 
     return None if a is None or b is None else b - a
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
 def _pp(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f}"
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 def pairs(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -82,27 +75,27 @@ def degradation_section(records: list[dict[str, Any]], row_name: Callable[[dict[
         "kinds and severities in `adbench/data/degrade.py` (severity 3 = moderate). Each degraded run is paired with "
         "the clean run of the same config. Δ = degraded − clean, in percentage points.",
         "",
-        "| method | degradation | runs | mean Δ I-AUROC | mean Δ P-AUROC | mean Δ AUPRO | worst Δ I-AUROC |",
-        "|---|---|---|---|---|---|---|",
+        "| method | degradation | runs | " + " | ".join(f"mean Δ {m.label}" for m in HEADLINE) + f" | worst Δ {LABELS[RANKED]} |",
+        "|---|---|---|" + "---|" * (len(HEADLINE) + 1),
     ]
     by_method: dict[tuple[str, str, str], list[tuple[dict, dict]]] = defaultdict(list)
     for clean, degraded in found:
         by_method[(row_name(clean), degraded["backbone"], degraded["degrade"])].append((clean, degraded))
     summary = []
     for (row, backbone, degrade), group in by_method.items():
-        drops = {m: [drop(c, d, m) for c, d in group] for m, _ in METRICS}
-        worst = min((v for v in drops["image_auroc"] if v is not None), default=None)
-        summary.append((degrade, _mean(drops["image_auroc"]), row, backbone, len(group), [_mean(drops[m]) for m, _ in METRICS], worst))
+        drops = {m.name: [drop(c, d, m.name) for c, d in group] for m in HEADLINE}
+        worst = min((v for v in drops[RANKED] if v is not None), default=None)
+        summary.append((degrade, mean(drops[RANKED]), row, backbone, len(group), [mean(drops[m.name]) for m in HEADLINE], worst))
     for degrade, mean_image, row, backbone, n, means, worst in sorted(summary, key=lambda s: (s[0], -(s[1] if s[1] is not None else -1e9))):
         lines.append(f"| {row} · {backbone} | {degrade} | {n} | {' | '.join(_pp(v) for v in means)} | {_pp(worst)} |")
     lines += [
         "",
-        "| dataset | category | method | backbone | px | degradation | I-AUROC clean → degraded (Δ) | P-AUROC clean → degraded (Δ) | AUPRO clean → degraded (Δ) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | category | method | backbone | px | degradation | " + " | ".join(f"{m.label} clean → degraded (Δ)" for m in HEADLINE) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(HEADLINE),
     ]
     for clean, degraded in found:
         cells = [
-            f"{_pct(clean['metrics'].get(m))} → {_pct(degraded['metrics'].get(m))} ({_pp(drop(clean, degraded, m))})" for m, _ in METRICS
+            f"{pct(clean['metrics'].get(m.name))} → {pct(degraded['metrics'].get(m.name))} ({_pp(drop(clean, degraded, m.name))})" for m in HEADLINE
         ]
         lines.append(
             f"| {degraded['dataset']} | {degraded['category']} | {row_name(clean)} | {degraded['backbone']} | "

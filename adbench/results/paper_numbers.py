@@ -1,9 +1,9 @@
 """What the papers report, next to what adbench measures.
 
-- ``paper_numbers.csv`` (beside this module): the seed tables' numbers (CFA Tables 2-6, ReConPatch, FCDD), one row
-  per (method, setting, dataset, class or group, metric), each with its table, the paper that
-  printed it and the seed document it was transcribed from;
-- ``MEMORY_BANK``: each method's memory-bank size formula (CFA Table 1, seed 003), evaluated with a
+- ``paper_numbers.csv`` (beside this module): the papers' numbers (CFA Tables 2-6, ReConPatch, FCDD), one row
+  per (method, setting, dataset, class or group, metric), each with the paper that printed it
+  (short reference, e.g. "CFA, Lee et al. 2022"; full references in the file's header) and its table;
+- ``MEMORY_BANK``: each method's memory-bank size formula (CFA, Lee et al. 2022, Table 1), evaluated with a
   run's own |X|, H, W and D and set beside the bytes the run measured.
 
 ``compare(records)`` pairs measured runs with paper numbers: same method, every ``match`` condition
@@ -25,9 +25,11 @@ import yaml
 
 from ..data.sources import MVTEC_CATEGORIES, MVTEC_OBJECTS, MVTEC_TEXTURES
 from ..errors import DataError
+from ..metrics.registry import METRICS
 
 PAPER_NUMBERS = Path(__file__).parent / "paper_numbers.csv"
-METRICS = {"image_auroc", "pixel_auroc", "aupro", "images_per_s"}
+THROUGHPUT = "images_per_s"  # not a metric: the records' model images per second (a cost column)
+COMPARED = (*METRICS, THROUGHPUT)  # what a paper number may be of
 NEVER = "-"
 NOT_COMPARABLE = "not comparable:"  # a note starting so: the cell is shown, flagged, with no Δ (e.g. another PRO normalisation)
 
@@ -52,9 +54,13 @@ class PaperNumber:
     image_size: int | None
     setting: str
     table: str
-    reported_in: str
-    source: str
+    reported_in: str  # the paper that printed the number, e.g. "CFA, Lee et al. 2022"
     note: str
+
+    @property
+    def source(self) -> str:
+        """The short citation, e.g. "CFA, Lee et al. 2022, Table 2"."""
+        return f"{self.reported_in}, {self.table}"
 
     @property
     def timm_backbone(self) -> str | None:
@@ -80,8 +86,8 @@ def load_paper_numbers(path: str | Path = PAPER_NUMBERS) -> list[PaperNumber]:
     numbers = []
     for row_no, row in enumerate(csv.DictReader(lines), start=2):
         where = f"{path} (data row {row_no - 1})"
-        if row.get("metric") not in METRICS:
-            raise DataError(f"{where}: metric {row.get('metric')!r} is not one of {sorted(METRICS)}")
+        if row.get("metric") not in COMPARED:
+            raise DataError(f"{where}: metric {row.get('metric')!r} is not one of {', '.join(COMPARED)}")
         if not row.get("method") or not row.get("dataset") or not row.get("category"):
             raise DataError(f"{where}: method, dataset and category are required")
         try:
@@ -91,7 +97,7 @@ def load_paper_numbers(path: str | Path = PAPER_NUMBERS) -> list[PaperNumber]:
             raise DataError(f"{where}: {exc}") from exc
         numbers.append(PaperNumber(
             row["method"], _parse_match(row["match"] or "", where), row["dataset"], row["category"], row["metric"], value,
-            row["backbone"], size, row["setting"], row["table"], row["reported_in"], row["source"], row["note"],
+            row["backbone"], size, row["setting"], row["table"], row["reported_in"], row["note"],
         ))
     return numbers
 
@@ -118,7 +124,7 @@ def matches(number: PaperNumber, record: dict[str, Any]) -> bool:
 
 def measured_value(records: list[dict[str, Any]], metric: str) -> float | None:
     """Mean of ``metric`` over the records (%, or images/s); None when any is missing."""
-    if metric == "images_per_s":
+    if metric == THROUGHPUT:
         if any((r.get("feature_cache") or {}).get("test", {}).get("hits") for r in records):
             return None  # scored cached features: no throughput of the whole model
         values = [r["throughput"]["model_images_per_s"] for r in records]
@@ -157,7 +163,7 @@ def compare(records: list[dict[str, Any]], numbers: list[PaperNumber] | None = N
     return out
 
 
-# --- memory-bank size: the papers' formulas (CFA Table 1, seed 003) evaluated for a run ----------
+# --- memory-bank size: the papers' formulas (CFA, Lee et al. 2022, Table 1) evaluated for a run ---
 
 FLOAT_BYTES = 4
 
@@ -219,7 +225,7 @@ MEMORY_BANK: dict[str, BankFormula] = {
     "cfa": BankFormula("C ∈ R^{γ(H×W×D)}, γ = γ_c γ_d", False, _cfa),
     "cfa_plus": BankFormula("C ∈ R^{γ(H×W×D)}, γ = γ_c γ_d", False, _cfa, "× 2 views (resize, crop)"),
     "gaussian_ad": BankFormula("N(μ_s, Σ_s) ∈ R^{D_s + D_s²} per stage", False, _gaussian,
-                               "seed 003 lists PaDiM's H×W×D² for MahalanobisAD; the image-level method keeps one Gaussian per stage"),
+                               "not in CFA Table 1: MahalanobisAD is image level, one Gaussian per stage, not PaDiM's H×W×D²"),
     "fcdd": BankFormula("none: a trained network", False, lambda r: None),
 }
 
@@ -254,7 +260,7 @@ def comparison_lines(records: list[dict[str, Any]], row_name: Callable[[dict[str
         setting = "; ".join(filter(None, [n.setting, n.note]))
         delta = "not comparable" if p["difference"] is None else f"{p['difference']:+.1f}"
         lines.append(f"| {p['row']} | {n.category} | {n.metric} | {p['measured']:.1f} | {n.value:g} | {delta} | "
-                     f"{backbone} | {setting or '–'} | {n.table}, {n.reported_in}; {n.source} |")
+                     f"{backbone} | {setting or '–'} | {n.source} |")
     return lines + [""]
 
 
@@ -263,7 +269,7 @@ def memory_bank_lines(records: list[dict[str, Any]], row_name: Callable[[dict[st
     rows: dict[str, dict[str, Any]] = {}
     for record in sorted(records, key=lambda r: r["category"]):
         rows.setdefault(row_name(record), record)
-    lines = ["**Memory bank: paper formula vs measured** (formulas: CFA Table 1, seed 003; float32; |X| training images, "
+    lines = ["**Memory bank: paper formula vs measured** (formulas: CFA, Lee et al. 2022, Table 1; float32; |X| training images, "
              "H×W positions of the finest layer, D channels). Measured = every fitted tensor scoring needs, as the method reports it.", "",
              "| method | class | formula | grows with \\|X\\| | \\|X\\| | formula MiB | measured MiB | measured / formula | note |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -21,14 +21,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from ..metrics.registry import LABELS
+from .formatting import mean
 from .table import used_cached_features
 
-METRICS = [("image_auroc", "I-AUROC", "o", "full"), ("pixel_auroc", "P-AUROC", "^", "none")]
-
-
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present and len(present) == len(values) else None
+MARKERS = {"image_auroc": ("o", "full"), "pixel_auroc": ("^", "none")}  # the metrics plotted (AUROCs), by registry name
 
 
 def points(records: list[dict[str, Any]], row_name: Callable[[dict[str, Any]], str]) -> dict[str, dict[str, Any]]:
@@ -40,28 +37,28 @@ def points(records: list[dict[str, Any]], row_name: Callable[[dict[str, Any]], s
     for row, runs in sorted(rows.items()):
         cached = any(used_cached_features(r) for r in runs)
         out[row] = {
-            **{m: _mean([None if r["metrics"].get(m) is None else 100 * r["metrics"][m] for r in runs]) for m, *_ in METRICS},
-            "images_per_s": None if cached else _mean([r["throughput"]["model_images_per_s"] for r in runs]),
-            "bank_bytes": _mean([r["memory_bank"]["bytes"] or None for r in runs]),
+            **{m: mean([None if r["metrics"].get(m) is None else 100 * r["metrics"][m] for r in runs], complete=True) for m in MARKERS},
+            "images_per_s": None if cached else mean([r["throughput"]["model_images_per_s"] for r in runs], complete=True),
+            "bank_bytes": mean([r["memory_bank"]["bytes"] or None for r in runs], complete=True),
             "classes": len(runs),
         }
     return out
 
 
 def _plot(data: dict[str, dict[str, Any]], x_key: str, x_label: str, title: str, caption: str, path: Path, scale: float = 1.0) -> Path | None:
-    shown = {row: p for row, p in data.items() if p[x_key] and any(p[m] is not None for m, *_ in METRICS)}
+    shown = {row: p for row, p in data.items() if p[x_key] and any(p[m] is not None for m in MARKERS)}
     if not shown:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     colours = plt.get_cmap("tab10")
     for i, (row, p) in enumerate(shown.items()):
-        for metric, _, marker, fill in METRICS:
+        for metric, (marker, fill) in MARKERS.items():
             if p[metric] is not None:
                 ax.plot(p[x_key] * scale, p[metric], marker=marker, fillstyle=fill, markersize=9, linestyle="none", color=colours(i % 10))
         y = p["image_auroc"] if p["image_auroc"] is not None else p["pixel_auroc"]
         ax.annotate(row, (p[x_key] * scale, y), textcoords="offset points", xytext=(6, 4), fontsize=8, color=colours(i % 10))
-    for _, label, marker, fill in METRICS:  # legend: what the marker shapes mean
-        ax.plot([], [], marker=marker, fillstyle=fill, markersize=8, linestyle="none", color="0.3", label=label)
+    for metric, (marker, fill) in MARKERS.items():  # legend: what the marker shapes mean
+        ax.plot([], [], marker=marker, fillstyle=fill, markersize=8, linestyle="none", color="0.3", label=LABELS[metric])
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())

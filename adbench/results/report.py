@@ -21,10 +21,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..metrics.registry import HEADLINE
 from ..files import atomic_write, atomic_write_text
-from . import settings_report
+from . import setting_sections
 from .defects import defect_tables
 from .degraded import degradation_section
+from .implementations import implementations_section
+from .formatting import pct
 from .naming import DEVIATES
 from .paper_numbers import comparison_lines, memory_bank_lines
 from .plots import section_plots
@@ -43,9 +46,6 @@ from .stats import (
 )
 from .table import SECTION, STANDARD, current, frame, leaderboard
 
-METRIC_LABELS = {"image_auroc": "I-AUROC", "pixel_auroc": "P-AUROC", "aupro": "AUPRO"}
-
-
 @dataclass
 class Report:
     """What every section reads: all runs, the current ones, the leaderboard table and the raw records."""
@@ -55,6 +55,7 @@ class Report:
     board: pd.DataFrame  # :func:`.table.leaderboard` with ties marked
     source: str
     plots_dir: Path | None = None
+    read: TableReader | None = None  # the runs' per-image tables (paired comparisons)
 
     @cached_property
     def current(self) -> pd.DataFrame:
@@ -84,10 +85,6 @@ def _number(value: float, spec: str) -> str:
     return "n/a" if np.isnan(value) else format(value, spec)
 
 
-def _pct(value: float) -> str:
-    return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
-
-
 MARKS = {"tie": "≈", "worse": "↓", "untested": "?"}  # the legend is CELL_NOTE
 
 
@@ -96,7 +93,7 @@ def cell_text(row: pd.Series, metric: str) -> str:
     when the seeds' tables are missing); **bold** best, ≈ tie, ↓ significantly worse, ? not tested (:data:`MARKS`)."""
     if np.isnan(row[metric]):
         return "n/a"
-    text = _pct(row[metric])
+    text = pct(row[metric])
     if row.get(f"{metric}_best"):
         text = f"**{text}**"
     elif row.get(f"{metric}_worse"):
@@ -109,7 +106,7 @@ def cell_text(row: pd.Series, metric: str) -> str:
     seeds = f" (n={row.n_seeds})" if row.n_seeds > 1 else ""
     if np.isnan(low):
         return f"{text} ± {100 * row[f'{metric}_std']:.1f}{seeds}" if seeds else text
-    return f"{text} [{_pct(low)}, {_pct(high)}]{seeds}"
+    return f"{text} [{pct(low)}, {pct(high)}]{seeds}"
 
 
 def _groups(board: pd.DataFrame) -> dict[str, list[str]]:
@@ -131,7 +128,7 @@ def metric_table(board: pd.DataFrame, metric: str) -> pd.DataFrame:
         for group, members in groups.items():
             values = [by_category[c][metric] for c in members if c in by_category]
             complete = len(values) == len(members) and not np.isnan(values).any()
-            row[f"avg {group}"] = _pct(float(np.mean(values))) if complete else "–"
+            row[f"avg {group}"] = pct(float(np.mean(values))) if complete else "–"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -173,8 +170,8 @@ def cost_table(board: pd.DataFrame) -> pd.DataFrame:
 
 CELL_NOTE = (
     "Cells: value [95% CI over test images] in %. Image AUROC: score interval (Newcombe 2006) with the binormal variance, "
-    "widened by DeLong's where the data vary more; other metrics: BCa bootstrap over test images (Wilson bound when every "
-    "resample is equal); never zero width (adbench/metrics/intervals.py, coverage in benchmarks/results/statistics.json). "
+    "widened by DeLong's where the data vary more; other metrics: expanded BCa bootstrap over test images, for pixel metrics joined with a "
+    "logit jackknife-t interval (Wilson bound when every resample is equal); never zero width (adbench/metrics/intervals.py, coverage in benchmarks/results/statistics.json). "
     "Several seeds (n = seeds): the seed mean, its interval over the test images and the seeds. "
     f"**Bold**: best in the column. Compared with each other on the same test images by a {PROCEDURE} (image AUROC: "
     "DeLong's joint covariance of every configuration and seed; others: paired bootstrap): "
@@ -193,11 +190,11 @@ def section(report: Report, key: tuple, board: pd.DataFrame) -> list[str]:
     lines = [f"## {dataset} · {backbone} · {size} px" + ("" if setting == STANDARD else f" · setting {setting}"), "",
              f"Backbone `{backbone}` (weights: {first.get('weights')}), resize {first.get('resize')} → crop {size} px, "
              f"{_seeds(runs)}, device {', '.join(sorted(runs.device_name.dropna().unique()))}. Data: {_data_line(board)}.", ""]
-    for metric, label in METRIC_LABELS.items():
-        if board[metric].isna().all():
-            lines += [f"**{label}**: not applicable (no pixel masks, or image-level methods only).", ""]
+    for metric in HEADLINE:
+        if board[metric.name].isna().all():
+            lines += [f"**{metric.label}**: not applicable (no pixel masks, or image-level methods only).", ""]
             continue
-        lines += [f"**{label} (%)**", "", markdown(metric_table(board, metric)), ""]
+        lines += [f"**{metric.label} (%)**", "", markdown(metric_table(board, metric.name)), ""]
     lines += [CELL_NOTE, "", markdown(cost_table(board)), ""]
     if board.loaded.any():
         lines += ["† the machine was oversubscribed during a run of this row (1-min load average above 1.5x its CPU count at the "
@@ -259,7 +256,7 @@ def rank_section(report: Report) -> list[str]:
              f"Demšar (2006): Friedman's test first (Iman-Davenport F; below {MIN_BLOCKS} blocks its exact or Monte Carlo "
              "permutation distribution), the Nemenyi post-hoc test and the critical-difference diagram only when it rejects. "
              "With few blocks the test has little power: no significant difference is not evidence of equality.", ""]
-    for metric, label in METRIC_LABELS.items():
+    for metric, label in ((m.name, m.label) for m in HEADLINE):
         test = rank_test(report.board, metric)
         if isinstance(test, str):
             lines += [f"**{label}**: no rank test ({test}).", ""]
@@ -281,7 +278,7 @@ def robustness_section(report: Report) -> list[str]:
 
 
 # each returns markdown lines; settings sections (few-shot, contamination, multi-class) are appended here
-SECTIONS: list[Section] = [leaderboard_sections, rank_section, robustness_section, settings_report.report_section]
+SECTIONS: list[Section] = [leaderboard_sections, implementations_section, rank_section, robustness_section, setting_sections.report_section]
 
 
 def build(records: list[dict[str, Any]], source: str, plots_dir: Path | None = None, paths: list[str | None] | None = None,
@@ -289,7 +286,7 @@ def build(records: list[dict[str, Any]], source: str, plots_dir: Path | None = N
     """The report's tables from run records (``paths`` relative to the results folder; ``read``: their per-image tables)."""
     runs = frame(records, paths)
     board = seed_intervals(mark_ties(leaderboard(runs), current(runs), read), current(runs), read)
-    return Report(runs, records, board, source, plots_dir)
+    return Report(runs, records, board, source, plots_dir, read)
 
 
 def render(records: list[dict[str, Any]], source: str, plots_dir: Path | None = None, **options: Any) -> str:

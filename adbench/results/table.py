@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..metrics.registry import METRICS
 from .naming import distinct_names, run_name
 from .records import read_records, replicate_key
 
-METRICS = ["image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"]
 SECTION = ["dataset", "backbone", "image_size", "setting"]  # one leaderboard section each
 # one configuration scored on one category: its seeds aggregate into a leaderboard row (a multi-class run
 # writes a record per category, all with the same config)

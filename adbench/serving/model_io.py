@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from ..config.build import build_method
 from ..data.transforms import Transform
-from ..errors import AdbenchError
+from ..errors import AdbenchError, reraise_as
 from ..features.backbones import Backbone
 from ..features.cache import CachedBackbone
 from ..files import atomic_write, content_digest
@@ -121,20 +121,16 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The verified metadata and tensors of a model file."""
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
-    try:
+    with reraise_as(ModelFileError, f"cannot read model file {path}: not a valid safetensors file", SafetensorError, OSError, ValueError, RuntimeError):
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"cannot read model file {path}: not a valid safetensors file ({exc})") from exc
     if "adbench" not in header or "sha256" not in header:
         raise ModelFileError(f"model file {path} holds no adbench metadata: it was not written by adbench.model_io.save_model")
     if content_digest(tensors, header["adbench"].encode()) != header["sha256"]:
         raise ModelFileError(f"model file {path} fails its SHA-256 check: it was modified or corrupted after saving")
-    try:
+    with reraise_as(ModelFileError, f"model file {path}: metadata is not valid JSON", json.JSONDecodeError):
         meta = json.loads(header["adbench"])
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"model file {path}: metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"model file {path} is not an {FORMAT} file")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -161,15 +157,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> SavedMod
     backbone = Backbone(b["name"], b["layers"], pretrained=b["pretrained"], weights=b["weights"])
     stored = {k[len(BACKBONE_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(BACKBONE_PREFIX)}
     if b["weights_stored"]:
-        try:
+        with reraise_as(ModelFileError, f"model file {path}: stored backbone weights do not fit {b['name']}", RuntimeError):
             backbone.load_state_dict(stored)
-        except RuntimeError as exc:
-            raise ModelFileError(f"model file {path}: stored backbone weights do not fit {b['name']} ({exc})") from exc
     method = build_method(OmegaConf.create(meta["method"]), backbone, torch.device(device), meta.get("backbone_config"))
-    try:
+    with reraise_as(ModelFileError, f"model file {path}: fitted state does not match method {meta['method']['name']}", KeyError, RuntimeError, ValueError):
         method.load_fitted_state(tensors)
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise ModelFileError(f"model file {path}: fitted state does not match method {meta['method']['name']} ({exc})") from exc
     # after the fitted state: a method that fine-tunes its backbone restores those weights above
     if backbone_digest(backbone) != b["sha256"]:
         raise ModelFileError(

@@ -18,6 +18,8 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from ..metrics.registry import HEADLINE, LABELS
+from .formatting import pct
 from .naming import run_name
 from .records import config_hash
 from .table import setting_name
@@ -25,13 +27,9 @@ from .table import setting_name
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-CURVE_METRICS = [("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC")]
-TWIN_METRICS = [("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO")]
+CURVE_METRICS = [(m, LABELS[m]) for m in ("image_auroc", "pixel_auroc")]  # the curves drawn, by registry name
+TWIN_METRICS = [(m.name, m.label) for m in HEADLINE]
 Panel = tuple[str, str, str, int]  # dataset, category, backbone, image size
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
 
 
 def _values(runs: list[dict[str, Any]], metric: str) -> list[float]:
@@ -43,8 +41,8 @@ def _spread(values: list[float]) -> str:
     if not values:
         return "n/a"
     if len(values) == 1:
-        return _pct(values[0])
-    return f"{_pct(float(np.mean(values)))} ({_pct(min(values))}–{_pct(max(values))}, n={len(values)})"
+        return pct(values[0])
+    return f"{pct(float(np.mean(values)))} ({pct(min(values))}–{pct(max(values))}, n={len(values)})"
 
 
 def config_name(record: dict[str, Any]) -> str:
@@ -141,7 +139,7 @@ def _curve_section(records: list[dict[str, Any]], plots_dir: Path | None, settin
                 cells = [_spread(_values(points.get(x, []), metric)) if x in points else "–" for x in xs]
                 if full:
                     twin = full.get(name)
-                    cells.append(f"{_pct(twin['metrics'].get(metric))} (n_train {twin['n_train']})" if twin else "–")
+                    cells.append(f"{pct(twin['metrics'].get(metric))} (n_train {twin['n_train']})" if twin else "–")
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
         header = ["configuration"] + [column(x, [r for points in curves.values() for r in points.get(x, [])]) for x in xs]
@@ -229,9 +227,9 @@ def multi_class_section(records: list[dict[str, Any]], plots_dir: Path | None = 
                 one = twin["metrics"].get(metric) if twin else None
                 if multi is not None and one is not None:
                     deltas[metric].append(multi - one)
-                    cells.append(f"{_pct(one)} / {_pct(multi)} ({100 * (multi - one):+.1f})")
+                    cells.append(f"{pct(one)} / {pct(multi)} ({100 * (multi - one):+.1f})")
                 else:
-                    cells.append(f"{_pct(one) if twin else '–'} / {_pct(multi)}")
+                    cells.append(f"{pct(one) if twin else '–'} / {pct(multi)}")
             lines.append("| " + " | ".join(cells) + " |")
         if any(deltas.values()):
             lines.append("| mean Δ | | " + " | ".join(f"{100 * np.mean(deltas[m]):+.1f} (n={len(deltas[m])})" if deltas[m] else "–"

@@ -1,29 +1,13 @@
-"""Batched per-group k-NN (SPADE's pixel galleries) against scipy's brute-force distances."""
+"""SPADE's pixel search (each image against its K neighbours' galleries) against scipy's brute-force distances."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 
 from adbench.features.backbones import Backbone
-from adbench.features.nn_search import batched_search
 from adbench.methods import method_class
-
-
-@pytest.mark.parametrize(("k", "block"), [(1, 256 * 2**20), (3, 4 * 1000 * 7)])  # one block; many small ones
-def test_batched_search_matches_scipy(k, block) -> None:
-    rng = np.random.default_rng(0)
-    queries, banks = rng.standard_normal((3, 70, 12)).astype(np.float32), rng.standard_normal((3, 500, 12)).astype(np.float32)
-    dist, idx = batched_search(torch.from_numpy(queries), torch.from_numpy(banks), k, block)
-    assert dist.shape == idx.shape == (3, 70, k)
-    for g in range(3):
-        full = cdist(queries[g].astype(np.float64), banks[g].astype(np.float64))
-        expected = np.sort(full, axis=1)[:, :k]
-        np.testing.assert_allclose(dist[g].numpy(), expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(np.take_along_axis(full, idx[g].numpy(), 1), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_spade_pixel_scores_match_a_per_image_scipy_search() -> None:

@@ -30,8 +30,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..errors import ConfigError
-from .samples import Sample, Split
-from .splits import _partition, labelled_split
+from .samples import Sample
+from .splits import Split, _partition, labelled_split
 
 # setting.* keys of each setting (conf/setting/<name>.yaml), besides ``name``: (type, interval or None)
 SETTINGS: dict[str, dict[str, tuple]] = {

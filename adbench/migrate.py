@@ -1,14 +1,15 @@
-"""Bring run records written before content digests up to date: ``python -m adbench.results.migrate [RESULTS_DIR]``.
+"""Bring run records written before content digests up to date: ``python -m adbench.migrate [RESULTS_DIR]``.
 
 Earlier records named their data by a digest of file names and sizes (a changed pixel kept the digest, so a
 rerun reused a stale record) and did not store their per-image table's SHA-256. For each such record this
 reads the data its config names (roots written as ``$ADBENCH_DATA/...`` resolve against the environment),
 checks that the old names-and-sizes digest still matches (the same files), and then rewrites the record
-with the content digest (:func:`adbench.data.samples.split_digest`), the config hash that follows from
+with the content digest (:func:`adbench.data.splits.split_digest`), the config hash that follows from
 it and its table's SHA-256, renaming record and table to the new hash, so a rerun of the same config
 finds it. Each file is read, changed and written in one step (the newest content of every other field is
 kept). Records already migrated are left alone (rerunning is safe); records whose data is absent or
-differs are left as they are and listed.
+differs are left as they are and listed. Then image metrics added to the registry since a record was
+written are filled in from its per-image table (:mod:`adbench.results.backfill`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ..config.setting import data_source
-from ..data.samples import Split, split_digest
-from ..errors import AdbenchError
-from ..files import atomic_group, file_sha256
-from .records import RECORDS_DIR, config_hash, record_path
+from .config.run_data import data_source
+from .data.splits import Split, split_digest
+from .errors import AdbenchError
+from .files import atomic_group, file_sha256
+from .results.backfill import fill
+from .results.records import RECORDS_DIR, config_hash, record_path
 
 
 def names_and_sizes_digest(split: Split) -> str:
@@ -94,15 +96,24 @@ def migrate(results_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path
     return moved, left
 
 
+def _outcome(done: list[str], left: list[tuple[Path, str]], refused: str, summary: str) -> None:
+    """A line per record changed, one per record left alone (on stderr, with the reason), then the summary."""
+    for line in done:
+        print(line)
+    for path, reason in left:
+        print(f"{refused}: {path}: {reason}", file=sys.stderr)
+    print(summary)
+
+
 def main() -> None:
     results_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
     moved, left = migrate(results_dir)
-    for old, new in moved:
-        print(f"{old.name} -> {new.name}")
-    for path, reason in left:
-        print(f"not migrated: {path}: {reason}", file=sys.stderr)
-    print(f"{len(moved)} record(s) migrated, {len(left)} left as they were")
-    sys.exit(2 if left else 0)
+    _outcome([f"{old.name} -> {new.name}" for old, new in moved], left, "not migrated",
+             f"{len(moved)} record(s) migrated, {len(left)} left as they were")
+    filled, unfilled = fill(results_dir)
+    _outcome([f"{path.name}: added {', '.join(names)}" for path, names in filled], unfilled, "metrics not filled in",
+             f"{len(filled)} record(s) given new metrics from their per-image tables")
+    sys.exit(2 if left or unfilled else 0)
 
 
 if __name__ == "__main__":

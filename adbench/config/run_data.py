@@ -1,5 +1,6 @@
 """Config → the data a run fits and scores under its ``setting`` (conf/setting/*.yaml): which datasets
-are read and which seeded split of :mod:`adbench.data.settings` is applied.
+are read and which seeded split of :mod:`adbench.data.setting_splits` is applied (the scores are split per
+category later, by :mod:`adbench.metrics.parts`).
 
 A multi-class run names its categories one of two ways:
 - ``dataset.category=all`` (every category of the run's dataset) or a list, ``dataset.category=[bottle,cable]``;
@@ -14,22 +15,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..data import settings
-from ..data.samples import Sample, Split, resolve_root
-from ..data.sources import categories, load_split
-from ..errors import ConfigError
-from ..methods.scoring import Scored
+from ..data import setting_splits
+from ..data.samples import Sample, resolve_root
+from ..data.sources import COMMON_DATASET_KEYS, categories, load_split
+from ..data.splits import Split
+from ..errors import ConfigError, reraise_as
 from . import load_group
-
-DATASET_KEYS = {"name", "root", "category", "resize", "crop", "label", "degrade"}  # not options of a source
 
 
 def load_dataset(d: DictConfig) -> Split:
     """The split of one ``dataset`` config node."""
-    options = {k: v for k, v in OmegaConf.to_container(d, resolve=True).items() if k not in DATASET_KEYS}
+    options = {k: v for k, v in OmegaConf.to_container(d, resolve=True).items() if k not in COMMON_DATASET_KEYS}
     return load_split(d.name, d.get("root"), d.category, **options)
 
 
@@ -40,14 +38,14 @@ def setting_of(cfg: DictConfig) -> dict[str, Any]:
 
 
 @dataclass
-class SettingData:
+class RunData:
     """What a run fits and scores: ``split`` after the setting, ``source`` before it (the files read),
     one ``Part`` per scored category, and the anomalies a contaminated setting moved into training."""
 
     setting: dict[str, Any]
     source: Split
     split: Split
-    parts: list[settings.Part]
+    parts: list[setting_splits.Part]
     contaminants: list[Sample] = field(default_factory=list)
 
     @property
@@ -98,10 +96,8 @@ def _preset(cfg: DictConfig, entry: str, key: str) -> DictConfig:
     """``conf/dataset/PRESET.yaml`` for ``PRESET[/CATEGORY]``, interpolations resolved against the run, with the run's size."""
     preset, _, category = entry.partition("/")
     root = OmegaConf.create({"seed": cfg.seed, "dataset": load_group("dataset", preset, key)})
-    try:
+    with reraise_as(ConfigError, f"{key}={entry}: cannot resolve conf/dataset/{preset}.yaml"):
         OmegaConf.resolve(root)
-    except Exception as exc:
-        raise ConfigError(f"{key}={entry}: cannot resolve conf/dataset/{preset}.yaml ({exc})") from exc
     d = root.dataset
     d.resize, d.crop = cfg.dataset.resize, cfg.dataset.crop
     if category:
@@ -129,56 +125,25 @@ def part_datasets(cfg: DictConfig) -> list[DictConfig]:
 def data_source(cfg: DictConfig) -> Split:
     """The files a run reads, before its setting draws from them (what its data digest covers)."""
     if setting_of(cfg)["name"] == "multi_class":
-        return settings.union([(str(d.get("label", d.name)), load_dataset(d)) for d in part_datasets(cfg)])[0]
+        return setting_splits.union([(str(d.get("label", d.name)), load_dataset(d)) for d in part_datasets(cfg)])[0]
     return load_dataset(cfg.dataset)
 
 
-def setting_data(cfg: DictConfig) -> SettingData:
+def read_run_data(cfg: DictConfig) -> RunData:
     """Read the run's data and apply its setting."""
     setting = setting_of(cfg)
     name = setting["name"]
     if name == "multi_class":
-        source, parts = settings.union([(str(d.get("label", d.name)), load_dataset(d)) for d in part_datasets(cfg)])
-        return SettingData(setting, source, source, parts)
+        source, parts = setting_splits.union([(str(d.get("label", d.name)), load_dataset(d)) for d in part_datasets(cfg)])
+        return RunData(setting, source, source, parts)
     source = load_dataset(cfg.dataset)
     label = str(cfg.dataset.get("label", cfg.dataset.name))
     contaminants: list[Sample] = []
     if name == "few_shot":
-        split = settings.few_shot(source, setting["shots"], setting["draw"])
+        split = setting_splits.few_shot(source, setting["shots"], setting["draw"])
     elif name == "contaminated":
-        split, contaminants = settings.contaminate(source, setting["ratio"], setting["draw"], setting["protocol"], setting["pool"])
+        split, contaminants = setting_splits.contaminate(source, setting["ratio"], setting["draw"], setting["protocol"], setting["pool"])
     else:
         split = source
-    split, parts = settings.single(split, label)
-    return SettingData(setting, source, split, parts, contaminants)
-
-
-def scored_part(out: Scored, index: np.ndarray) -> Scored:
-    """The images ``index`` of a scoring pass (timings stay those of the whole pass)."""
-    def pick(values: np.ndarray | None) -> np.ndarray | None:
-        return None if values is None else values[index]
-
-    return Scored([out.paths[i] for i in index], pick(out.labels), pick(out.scores), pick(out.masks), pick(out.maps),
-                  out.model_seconds, out.total_seconds)
-
-
-@dataclass
-class PartResult:
-    """One scored category: its record fields, its images' part of the scoring pass, their test indices,
-    and whether pixel metrics apply (maps and masks)."""
-
-    fields: dict[str, Any]
-    scored: Scored
-    index: np.ndarray
-    pixel: bool
-
-
-def part_results(data: SettingData, out: Scored, pixel: bool) -> list[PartResult]:
-    """One per scored category, to be assessed on its own: a one-class run has one part, the whole test set;
-    a multi-class run one per category (``pixel``: the method gave maps and the run's data has masks)."""
-    results = []
-    for part in data.parts:
-        index = part.indices(out.paths)
-        fields = {"dataset": part.dataset, "category": part.category, "group": part.group, "n_test": len(index)}
-        results.append(PartResult(fields, scored_part(out, index), index, pixel and part.has_masks))
-    return results
+    split, parts = setting_splits.single(split, label)
+    return RunData(setting, source, split, parts, contaminants)
