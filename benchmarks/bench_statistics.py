@@ -33,7 +33,7 @@ from _common import RESULTS, machine
 from scipy import optimize, stats
 
 from adbench.metrics import binned
-from adbench.metrics.intervals import confidence_intervals, pooled_intervals
+from adbench.metrics.intervals import confidence_intervals, pooled_intervals, wilson
 from adbench.metrics.per_image import FORMAT, pixel_histograms
 from adbench.metrics.weighted import PIXEL_METRICS
 
@@ -201,23 +201,15 @@ def ties(reps: int, seed: int = 0) -> dict:
     return out
 
 
-def monte_carlo_interval(coverage: float, reps: int) -> tuple[float, float]:
-    """Wilson's 95% interval of a coverage observed in ``reps`` repetitions: the simulation's own error."""
-    z = stats.norm.ppf(0.975)
-    centre = (coverage + z * z / (2 * reps)) / (1 + z * z / reps)
-    half = z / (1 + z * z / reps) * np.sqrt(coverage * (1 - coverage) / reps + z * z / (4 * reps * reps))
-    return centre - half, centre + half
-
-
 def summary(rows: list[dict]) -> dict:
     """Per metric, where the truth is below 0.999: the coverage range, the cells whose observed coverage is outside the
-    target, those where even the simulation's 95% interval (:func:`monte_carlo_interval`) misses it, zero-width intervals."""
+    target, those where even the simulation's own 95% interval (Wilson's, over the repetitions) misses it, zero-width intervals."""
     out = {}
     for metric in sorted({r["metric"] for r in rows}):
         mine = [r for r in rows if r["metric"] == metric and r["target_auroc"] < 0.999]
         name = [f"AUROC {r['target_auroc']} at ({r['n_normal']}, {r['n_anomalous']}): {r['coverage']:.3f}" for r in mine]
         outside = [n for n, r in zip(name, mine) if not TARGET[0] <= r["coverage"] <= TARGET[1]]
-        beyond = [n for n, r in zip(name, mine) if (lambda lo, hi: hi < TARGET[0] or lo > TARGET[1])(*monte_carlo_interval(r["coverage"], r["reps"]))]
+        beyond = [n for n, r in zip(name, mine) if (lambda lo, hi: hi < TARGET[0] or lo > TARGET[1])(*wilson(r["coverage"], r["reps"]))]
         out[metric] = {"coverage_min": min(r["coverage"] for r in mine), "coverage_max": max(r["coverage"] for r in mine),
                        "cells": len(mine), "outside_target": outside, "outside_beyond_monte_carlo_error": beyond,
                        "zero_width": sum(r["zero_width"] for r in rows if r["metric"] == metric),

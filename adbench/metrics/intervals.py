@@ -51,10 +51,11 @@ from .registry import BY_NAME
 from .weighted import METRICS, WeightedMetrics
 
 LEVEL = 0.95
+JACKKNIFE_JOINED = frozenset(m for m in METRICS if BY_NAME[m].level != "image")  # pixel and region metrics (docstring)
 METHODS = {
     "image_auroc": "score interval (Newcombe 2006) with binormal variance, DeLong-inflated",
-    **{m: "expanded BCa bootstrap (Hesterberg 2015) over test images" for m in METRICS if BY_NAME[m].level == "image" and m != "image_auroc"},
-    **{m: "expanded BCa bootstrap (Hesterberg 2015) ∪ logit jackknife-t, over test images" for m in METRICS if BY_NAME[m].level != "image"},
+    **{m: "expanded BCa bootstrap (Hesterberg 2015) ∪ logit jackknife-t, over test images" if m in JACKKNIFE_JOINED
+       else "expanded BCa bootstrap (Hesterberg 2015) over test images" for m in METRICS if m != "image_auroc"},
 }
 FALLBACK = "Wilson score interval over the anomalous images (normal ones for TNR at 95% TPR) when every resample is equal"
 
@@ -147,10 +148,8 @@ def bootstrap_interval(estimate: float, resampled: np.ndarray, jackknife: np.nda
     None when BCa is degenerate."""
     n = int(min(labels.sum(), (~labels).sum()))
     found = bca(estimate, resampled, jackknife, expanded_level(level, n, resampled.size))
-    if found is None:
-        return None
-    jack = (logit_jackknife(estimate, jackknife, labels, level) if join_jackknife else None) or found
-    return [min(found[0], jack[0]), max(found[1], jack[1])]
+    jack = logit_jackknife(estimate, jackknife, labels, level) if found is not None and join_jackknife else None
+    return found if jack is None else [min(found[0], jack[0]), max(found[1], jack[1])]
 
 
 def _aligned(tables: list[pd.DataFrame]) -> list[pd.DataFrame]:
@@ -196,7 +195,7 @@ def pooled_intervals(tables: list[pd.DataFrame], level: float = LEVEL, seed: int
             continue
         low, high = (bootstrap_interval(estimate, np.mean([r[metric] for r in resampled], axis=0),
                                         np.mean([j[metric] for j in jackknife], axis=0), labels, level,
-                                        join_jackknife=BY_NAME[metric].level != "image")
+                                        join_jackknife=metric in JACKKNIFE_JOINED)
                      or wilson(estimate, n_normal if BY_NAME[metric].counts == "normal" else n_anomalous, level))
         widen = (z * seeds) ** 2
         out[metric] = [float(max(estimate - np.sqrt((estimate - low) ** 2 + widen), 0.0)),
