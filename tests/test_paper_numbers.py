@@ -178,10 +178,13 @@ def test_leaderboard_shows_paper_numbers_formulas_and_plots(tmp_path):
     import json
 
     (tmp_path / "records").mkdir()
-    for i, r in enumerate(records):
+    few_shot = {**fake_record("padim", "bottle", 0.95, dim=100), "setting": {"name": "few_shot", "shots": 4, "draw": 0}}
+    for i, r in enumerate([*records, few_shot]):
         (tmp_path / "records" / f"r{i}.json").write_text(json.dumps(r))
     out = write_report(tmp_path)
-    plots = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert plots == ["mvtec_tf_efficientnet_lite0_224_auroc_vs_memory.png", "mvtec_tf_efficientnet_lite0_224_auroc_vs_throughput.png"]
+    plots = sorted(p.name for p in (tmp_path / "plots").glob("*_auroc_vs_*.png"))  # (the few-shot run adds a learning curve)
+    stem = "mvtec_tf_efficientnet_lite0_224"  # a section of another setting gets its own plots, not the standard section's
+    assert plots == [f"{stem}_auroc_vs_memory.png", f"{stem}_auroc_vs_throughput.png",
+                     f"{stem}_few_shot_auroc_vs_memory.png", f"{stem}_few_shot_auroc_vs_throughput.png"]
     assert all(f"(plots/{name})" in out.read_text() for name in plots)
     assert all((tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in plots)

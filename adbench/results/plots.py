@@ -75,11 +75,13 @@ def _plot(data: dict[str, dict[str, Any]], x_key: str, x_label: str, title: str,
     return path
 
 
-def section_plots(records: list[dict[str, Any]], out_dir: Path, row_name: Callable[[dict[str, Any]], str]) -> list[Path]:
-    """Write the two trade-off PNGs of one leaderboard section; returns the files written."""
+def section_plots(records: list[dict[str, Any]], out_dir: Path, row_name: Callable[[dict[str, Any]], str],
+                  setting: str | None = None) -> list[Path]:
+    """Write the two trade-off PNGs of one leaderboard section (``setting``: its name unless it is the standard
+    one; sections of one dataset, backbone and size differ by it); returns the files written."""
     first = records[0]
-    stem = f"{first['dataset']}_{first['backbone']}_{first['image_size']}".replace("/", "-")
-    title = f"{first['dataset']} · {first['backbone']} · {first['image_size']} px"
+    stem = f"{first['dataset']}_{first['backbone']}_{first['image_size']}{'' if setting is None else '_' + setting}".replace("/", "-")
+    title = f"{first['dataset']} · {first['backbone']} · {first['image_size']} px" + ("" if setting is None else f" · setting {setting}")
     data = points(records, row_name)
     devices = ", ".join(sorted({r.get("device_name") or r.get("device", "?") for r in records}))
     skipped = sorted(row for row, p in data.items() if p["images_per_s"] is None)

@@ -215,7 +215,7 @@ def section(report: Report, key: tuple, board: pd.DataFrame) -> list[str]:
             lines += [f"`{category}`", "", markdown(table), ""]
     lines += comparison_lines(records, report.name_of) + memory_bank_lines(records, report.name_of)
     if report.plots_dir is not None:
-        for path in section_plots(records, report.plots_dir, report.name_of):
+        for path in section_plots(records, report.plots_dir, report.name_of, None if setting == STANDARD else setting):
             lines += [f"![{path.stem}]({report.plots_dir.name}/{path.name})", ""]
     return lines
 
