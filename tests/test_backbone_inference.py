@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from adbench.features.backbones import Backbone, fold_batch_norms, load_pretrained_state, same_maps
+from adbench.features.backbones import Backbone, fold_batch_norms, load_pretrained_state, same_function
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -95,4 +95,4 @@ def test_the_probe_catches_a_fold_that_changes_the_function(network, same):
     randomise_batch_norms(model, 3)
     folded = fold_batch_norms(copy.deepcopy(model))
     assert count(folded, nn.BatchNorm2d) == 0
-    assert same_maps(model, folded) is same
+    assert same_function(model, folded) is same
