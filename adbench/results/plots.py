@@ -1,13 +1,15 @@
 """Plots of the leaderboard: AUROC vs throughput and AUROC vs memory-bank bytes, and the critical-difference diagram.
 
-One pair of PNGs per leaderboard section (dataset, backbone, image size); one point per method row,
-averaged over the section's classes: I-AUROC filled, P-AUROC hollow. Runs that scored cached
+One pair of PNGs per leaderboard section (dataset, backbone, image size, setting); one point per method
+row, averaged over the section's classes, numbered, its name in a key under the axes: I-AUROC filled,
+P-AUROC hollow. Runs that scored cached
 backbone features have no end-to-end throughput and are left out of the throughput plot (the
 caption says so).
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from ..metrics.registry import LABELS
@@ -46,17 +49,23 @@ def points(records: list[dict[str, Any]], row_name: Callable[[dict[str, Any]], s
 
 
 def _plot(data: dict[str, dict[str, Any]], x_key: str, x_label: str, title: str, caption: str, path: Path, scale: float = 1.0) -> Path | None:
+    """Each row's points numbered beside them; the numbered names in a key under the axes (long names never overlap)."""
     shown = {row: p for row, p in data.items() if p[x_key] and any(p[m] is not None for m in MARKERS)}
     if not shown:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    caption_lines = textwrap.wrap(caption, 125)
+    key_inches = 0.16 * (len(shown) + len(caption_lines)) + 0.15
+    fig, ax = plt.subplots(figsize=(7, 4.2 + key_inches), dpi=110)
     colours = plt.get_cmap("tab10")
+    key = []
     for i, (row, p) in enumerate(shown.items()):
+        colour = colours(i % 10)
         for metric, (marker, fill) in MARKERS.items():
             if p[metric] is not None:
-                ax.plot(p[x_key] * scale, p[metric], marker=marker, fillstyle=fill, markersize=9, linestyle="none", color=colours(i % 10))
+                ax.plot(p[x_key] * scale, p[metric], marker=marker, fillstyle=fill, markersize=9, linestyle="none", color=colour)
         y = p["image_auroc"] if p["image_auroc"] is not None else p["pixel_auroc"]
-        ax.annotate(row, (p[x_key] * scale, y), textcoords="offset points", xytext=(6, 4), fontsize=8, color=colours(i % 10))
+        ax.annotate(str(i + 1), (p[x_key] * scale, y), textcoords="offset points", xytext=(6, 4), fontsize=8, color=colour)
+        key.append(Line2D([], [], marker="s", linestyle="none", color=colour, label=f"{i + 1}  {row}"))
     for metric, (marker, fill) in MARKERS.items():  # legend: what the marker shapes mean
         ax.plot([], [], marker=marker, fillstyle=fill, markersize=8, linestyle="none", color="0.3", label=LABELS[metric])
     ax.set_xscale("log")
@@ -67,8 +76,11 @@ def _plot(data: dict[str, dict[str, Any]], x_key: str, x_label: str, title: str,
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.text(0.01, 0.01, caption, fontsize=7, alpha=0.8)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    height = fig.get_figheight()
+    fig.legend(handles=key, loc="lower left", bbox_to_anchor=(0.01, (0.16 * len(caption_lines) + 0.05) / height), fontsize=7,
+               frameon=False, handletextpad=0.3, labelspacing=0.25, borderaxespad=0)
+    fig.text(0.01, 0.05 / height, "\n".join(caption_lines), fontsize=7, alpha=0.8)
+    fig.tight_layout(rect=(0, key_inches / height, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
