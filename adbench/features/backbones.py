@@ -209,7 +209,8 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
         names = list(parent._modules)
         for first, second in zip(names, names[1:]):
             conv, norm = parent._modules[first], parent._modules[second]
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and conv.out_channels == norm.num_features:
+            foldable = isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None  # batch statistics cannot be folded
+            if isinstance(conv, nn.Conv2d) and foldable and conv.out_channels == norm.num_features:
                 parent._modules[first] = fuse_conv_bn_eval(conv, norm)
                 rest = [m for m in (getattr(norm, "drop", None), getattr(norm, "act", None)) if m is not None]
                 parent._modules[second] = nn.Sequential(*rest)
