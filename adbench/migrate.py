@@ -27,7 +27,7 @@ from .data.splits import Split, split_digest
 from .errors import AdbenchError
 from .files import atomic_group, file_sha256
 from .results.backfill import fill
-from .results.records import RECORDS_DIR, config_hash, record_path
+from .results.records import change_records, config_hash, record_path
 
 
 def names_and_sizes_digest(split: Split) -> str:
@@ -84,16 +84,8 @@ def migrate_record(path: Path, digests: dict[str, tuple[str, str]]) -> Path | No
 
 def migrate(results_dir: Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
     """Migrate every record under ``results_dir/records``: (old, new) paths migrated, (path, reason) left alone."""
-    moved, left, digests = [], [], {}
-    for path in sorted((Path(results_dir) / RECORDS_DIR).glob("*.json")):
-        try:
-            target = migrate_record(path, digests)
-        except (AdbenchError, OSError, KeyError, TypeError, ValueError) as exc:
-            left.append((path, str(exc)))
-            continue
-        if target is not None:
-            moved.append((path, target))
-    return moved, left
+    digests: dict[str, tuple[str, str]] = {}
+    return change_records(results_dir, lambda path: migrate_record(path, digests))
 
 
 def _outcome(done: list[str], left: list[tuple[Path, str]], refused: str, summary: str) -> None:

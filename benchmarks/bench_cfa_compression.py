@@ -28,6 +28,7 @@ PAPER = {1.0: (98.45, 48), 0.5: (98.44, 93), 0.25: (98.44, 132), 0.125: (98.36, 
 
 def measure(gamma: float, args: argparse.Namespace) -> dict:
     from adbench.api import compose_config
+    from adbench.methods.base import synchronize
     from adbench.methods.scoring import score_batches
     from adbench.metrics import evaluate
     from adbench.pipeline import build_pipeline
@@ -40,13 +41,11 @@ def measure(gamma: float, args: argparse.Namespace) -> dict:
     metrics = evaluate(out.labels, out.scores, out.masks, out.maps)
     n_images, walls, cpus = len(out.labels), [], []
     for _ in range(args.repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         wall, cpu = time.perf_counter(), time.process_time()
         for batch in batches:
             method.predict(batch["image"])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     vectors, dims = method.memory_bank_shape

@@ -22,18 +22,17 @@ from _common import save
 
 from adbench.features.memory import recycle_freed_memory
 from adbench.features.nn_search import NearestNeighbours, faiss_gpu_available
+from adbench.methods.base import synchronize
 
 
 def best_time(fn, device: torch.device, repeats: int = 3) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from _common import save
 
 from adbench.api import compose_config
+from adbench.methods.base import synchronize
 from adbench.pipeline import build_pipeline, loader
 
 GROUP_BYTES = 256 * 2**20  # batched variants: galleries gathered at once, and the block of fast scores
@@ -142,12 +143,10 @@ def batched_pixel_scores(method, pyramid: list[torch.Tensor], neighbours: torch.
 
 
 def timed(fn, device: torch.device) -> tuple[torch.Tensor, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return out, time.perf_counter() - start
 
 

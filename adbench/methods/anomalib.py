@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import register
-from .base import AnomalyDetector, Prediction
+from .base import AnomalyDetector, Prediction, nbytes
 
 INSTALL = 'method=anomalib needs anomalib 2.x (the "compare" extra): pip install -e ".[compare]"'
 # anomalib's own stages that adbench replaces: its transforms (adbench's), score normalisation and thresholds
@@ -234,7 +234,7 @@ class AnomalibModel(AnomalyDetector):
 
     @property
     def memory_bank_bytes(self) -> int:
-        return int(sum(v.numel() * v.element_size() for v in self.fitted_state().values()))
+        return nbytes(*self.fitted_state().values())
 
 
 __all__ = ["INSTALL", "AnomalibModel", "import_anomalib"]

@@ -31,6 +31,7 @@ from ..features.store import FeatureStore
 from . import register
 from .base import AnomalyDetector, Prediction, nbytes
 
+
 @register("spade")
 class SPADE(AnomalyDetector):
     """``layers``: the pixel (pyramid) layers, finest first, then the image layer last."""

@@ -121,6 +121,11 @@ def bca(estimate: float, resampled: np.ndarray, jackknife: np.ndarray, level: fl
     return None if high <= low else [float(low), float(high)]
 
 
+def smaller_class(labels: np.ndarray) -> int:
+    """Images in the smaller class (boolean ``labels``): the n of the expansion, jackknife-t and null draws' t."""
+    return int(min(labels.sum(), (~labels).sum()))
+
+
 def expanded_level(level: float, n: int, resamples: int = RESAMPLES) -> float:
     """The level whose normal quantile is sqrt(n/(n-1)) t_{n-1} at ``level`` (Hesterberg 2015's expansion), at most
     the widest the resamples can give (with 2 images of a class it would be 1: then the resamples' range)."""
@@ -136,7 +141,7 @@ def logit_jackknife(estimate: float, jackknife: np.ndarray, labels: np.ndarray, 
     values = special.logit(jackknife)
     variance = sum((part.size - 1) / part.size * np.sum((part - part.mean()) ** 2)
                    for part in (values[~labels], values[labels]) if part.size > 1)
-    n = int(min(labels.sum(), (~labels).sum()))
+    n = smaller_class(labels)
     half = stats.t.ppf((1 + level) / 2, max(n - 1, 1)) * np.sqrt(variance)
     centre = special.logit(estimate)
     return [float(special.expit(centre - half)), float(special.expit(centre + half))]
@@ -146,7 +151,7 @@ def bootstrap_interval(estimate: float, resampled: np.ndarray, jackknife: np.nda
                        level: float = LEVEL, join_jackknife: bool = True) -> list[float] | None:
     """The expanded BCa interval, joined with the logit jackknife-t one when ``join_jackknife`` (module docstring);
     None when BCa is degenerate."""
-    n = int(min(labels.sum(), (~labels).sum()))
+    n = smaller_class(labels)
     found = bca(estimate, resampled, jackknife, expanded_level(level, n, resampled.size))
     jack = logit_jackknife(estimate, jackknife, labels, level) if found is not None and join_jackknife else None
     return found if jack is None else [min(found[0], jack[0]), max(found[1], jack[1])]

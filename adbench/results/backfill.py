@@ -14,14 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdbenchError, DataError
+from ..errors import DataError
 from ..files import atomic_write_text
 from ..metrics.intervals import METHODS, pooled_intervals
 from ..metrics.per_image import read_per_image
 from ..metrics.registry import IMAGE_METRICS
 from ..metrics.suite import undefined_reasons
 from ..metrics.weighted import table_metrics
-from .records import RECORDS_DIR, record_problem
+from .records import change_records, record_problem
 
 
 def missing(record: dict[str, Any]) -> tuple[str, ...]:
@@ -55,13 +55,4 @@ def fill_record(path: Path) -> tuple[str, ...]:
 
 def fill(results_dir: Path) -> tuple[list[tuple[Path, tuple[str, ...]]], list[tuple[Path, str]]]:
     """:func:`fill_record` on every record under ``results_dir/records``: (path, metrics added), (path, why not)."""
-    filled, left = [], []
-    for path in sorted((Path(results_dir) / RECORDS_DIR).glob("*.json")):
-        try:
-            names = fill_record(path)
-        except (AdbenchError, OSError, KeyError, TypeError, ValueError) as exc:
-            left.append((path, str(exc)))
-            continue
-        if names:
-            filled.append((path, names))
-    return filled, left
+    return change_records(results_dir, fill_record)

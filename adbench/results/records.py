@@ -15,9 +15,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from ..errors import AdbenchError
 from ..files import atomic_group, file_sha256
+
+T = TypeVar("T")
 
 RECORDS_DIR = "records"
 # keys that do not change a run's result, left out of its config hash (runner hashes threshold when saving);
@@ -148,6 +151,21 @@ def scan_records(results_dir: Path) -> tuple[list[tuple[Path, dict[str, Any]]], 
         else:
             found.append((path, record))
     return found, skipped
+
+
+def change_records(results_dir: Path, change: Callable[[Path], T | None]) -> tuple[list[tuple[Path, T]], list[tuple[Path, str]]]:
+    """``change(path)`` on every record file under ``results_dir/records``, by file name: (path, what it returned) where
+    it changed something (a falsy return: nothing to do), (path, reason) where it raised on a record it cannot change."""
+    changed, left = [], []
+    for path in sorted((Path(results_dir) / RECORDS_DIR).glob("*.json")):
+        try:
+            result = change(path)
+        except (AdbenchError, OSError, KeyError, TypeError, ValueError) as exc:
+            left.append((path, str(exc)))
+            continue
+        if result:
+            changed.append((path, result))
+    return changed, left
 
 
 def read_records(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:

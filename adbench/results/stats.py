@@ -35,7 +35,7 @@ from scipy import stats
 from ..errors import DataError
 from ..metrics.bootstrap import RESAMPLES, StratifiedBootstrap
 from ..metrics.delong import delong
-from ..metrics.intervals import pooled_intervals
+from ..metrics.intervals import pooled_intervals, smaller_class
 from ..metrics.per_image import read_per_image
 from ..metrics.registry import BY_NAME, HEADLINE, METRICS
 from ..metrics.weighted import WeightedMetrics
@@ -91,7 +91,7 @@ def _null_draws(groups: list[list[pd.DataFrame]], metric: str, seed: int) -> tup
     average[owner, np.arange(owner.size)] = 1.0 / np.asarray(sizes)[owner]
     tables = [t for g in groups for t in g]
     rng = np.random.default_rng(seed)
-    df = max(int(min(labels.sum(), (~labels).sum())) - 1, 1)
+    df = max(smaller_class(labels) - 1, 1)
     if metric == "image_auroc":
         auc, cov = delong(np.stack([t["score"].to_numpy() for t in tables]), labels)
         values, joint = auc, average @ np.nan_to_num(cov) @ average.T
